@@ -1,0 +1,146 @@
+"""The worker-side generation loop for Hugging Face models: chunked prefill plus batched decode."""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Mapping, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from modules.generation import SamplingParams, TokenLogprob
+from modules.loaders.base import ModelInfo, SequenceSpec, TokenEvent
+from modules.loaders.kv_batch import KVBatch, Row
+from modules.loaders.sampling import apply_bias_and_bans, apply_penalties, filter_logits, sample, top_logprobs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFILL_CHUNK = 512
+
+
+class HFEngine:
+    """Owns the model's compute: every method runs on the scheduler's worker thread."""
+
+    def __init__(self, model, info: ModelInfo, options: Mapping[str, Any]):
+        self.model = model
+        self.info = info
+        self.device = model.get_input_embeddings().weight.device
+        self.prefill_chunk = int(options.get("prefill_chunk") or DEFAULT_PREFILL_CHUNK)
+        self.batch = KVBatch()
+        self.prefilling: deque[Row] = deque()
+
+    def start(self, spec: SequenceSpec) -> None:
+        """Queue a sequence for prefill."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(spec.seed % (2**64))
+        self.prefilling.append(Row(spec=spec, generator=generator, tokens=list(spec.prompt_ids)))
+
+    def active(self) -> int:
+        """Sequences prefilling or decoding."""
+        return len(self.batch) + len(self.prefilling)
+
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        """Decode one token for every batched row, then prefill one chunk of the oldest newcomer."""
+        events = self._decode() if len(self.batch) else []
+        if self.prefilling:
+            events.extend(self._prefill_chunk())
+        return events
+
+    def release(self, seq_id: int) -> None:
+        """Forget a sequence wherever it is."""
+        if self.batch.remove(seq_id) is None:
+            self.prefilling = deque(r for r in self.prefilling if r.seq_id != seq_id)
+
+    def reset(self) -> None:
+        """Drop every sequence (after an error that left the batch in an unknown state)."""
+        self.batch = KVBatch()
+        self.prefilling.clear()
+
+    def close(self) -> None:
+        """Drop the model and all caches."""
+        self.reset()
+        self.model = None
+
+    @torch.inference_mode()
+    def next_token_probs(
+        self, prompt_ids: Sequence[int], sampling: SamplingParams | None, top: int
+    ) -> list[tuple[int, float]]:
+        """Top next-token probabilities after `prompt_ids`, raw or after the sampler settings."""
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        logits = self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
+        if sampling is not None:
+            logits = apply_bias_and_bans(logits, dict(sampling.logit_bias), ())
+            logits = apply_penalties(logits, sampling, ids[0], ids[0][:0])
+            if sampling.temperature > 0:
+                logits = filter_logits(logits, sampling)
+        probs = torch.softmax(logits, -1)
+        values, order = torch.topk(probs, min(top, probs.numel()))
+        return [(i, p) for i, p in zip(order.tolist(), values.tolist()) if p > 0]
+
+    @torch.inference_mode()
+    def prompt_logprobs(self, prompt_ids: Sequence[int], top: int) -> list[TokenLogprob]:
+        """Each prompt token's logprob given the tokens before it (the first has none), with top alternatives."""
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0, :-1].float(), -1)  # [T-1, V]
+        items = [TokenLogprob(int(prompt_ids[0]), None)]
+        chosen = logprobs.gather(1, ids[0, 1:, None])[:, 0].tolist()
+        for row, token, value in zip(logprobs, prompt_ids[1:], chosen):
+            items.append(TokenLogprob(int(token), value, tuple(top_logprobs(row, top))))
+        return items
+
+    def _decode(self) -> list[TokenEvent]:
+        inputs = self.batch.decode_inputs()
+        out = self.model(**inputs, past_key_values=self.batch.cache, use_cache=True)
+        logits = out.logits[:, -1, :].float()  # [B, V]
+        events = []
+        for row, row_logits in zip(self.batch.rows, logits):
+            row.cached += 1
+            events.append(self._choose(row, row_logits))
+        return events
+
+    def _prefill_chunk(self) -> list[TokenEvent]:
+        row = self.prefilling[0]
+        if row.cache is None:
+            row.cache = DynamicCache()
+        chunk = row.tokens[row.cached : row.cached + self.prefill_chunk]
+        try:
+            out = self.model(
+                input_ids=torch.tensor([chunk], device=self.device),
+                past_key_values=row.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        except (RuntimeError, ValueError, IndexError) as exc:  # e.g. out of memory on a long prompt
+            self.prefilling.popleft()
+            log.warning("prefill of sequence %d failed: %s", row.seq_id, exc)
+            return [TokenEvent(row.seq_id, -1, error=f"prefill failed: {exc}")]
+        row.cached += len(chunk)
+        if row.cached < len(row.tokens):
+            return []  # more chunks to go; the batch decodes in between
+        self.prefilling.popleft()
+        event = self._choose(row, out.logits[0, -1].float())
+        self.batch.add(row)
+        return [event]
+
+    def _choose(self, row: Row, logits: torch.Tensor) -> TokenEvent:
+        """Sample the row's next token from raw logits [V]; record it and its logprob."""
+        spec = row.spec
+        params = spec.sampling
+        banned = spec.banned_ids
+        if len(row.generated) < spec.suppress_until:
+            banned = banned + spec.suppress_ids
+        processed = apply_bias_and_bans(logits, dict(params.logit_bias), banned)
+        if params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
+            context = torch.tensor(row.tokens, device=logits.device)
+            generated = context[len(spec.prompt_ids) :]
+            processed = apply_penalties(processed, params, context, generated)
+        token = sample(processed, params, row.generator)
+        row.tokens.append(token)
+        row.generated.append(token)
+        logprob = None
+        if spec.logprobs is not None:
+            # Logprobs report the model's own distribution, before any sampler setting (as vLLM does).
+            logprobs = torch.log_softmax(logits, -1)
+            logprob = TokenLogprob(token, float(logprobs[token]), tuple(top_logprobs(logprobs, spec.logprobs)))
+        return TokenEvent(row.seq_id, token, logprob)

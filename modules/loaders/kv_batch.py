@@ -1,0 +1,115 @@
+"""A running batch of sequences sharing one left-padded KV cache (continuous batching for HF models).
+
+Each row's keys/values sit right-aligned in [B, heads, W, head_dim] per layer; `mask` [B, W] marks real
+positions. A newcomer is prefilled on its own cache (in chunks), then merged by left-padding; a finished row
+is sliced out at once and columns that became padding for every row are trimmed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from modules.loaders.base import SequenceSpec
+
+
+@dataclass(eq=False)
+class Row:
+    """One sequence's state on the worker."""
+
+    spec: SequenceSpec
+    generator: torch.Generator
+    tokens: list[int]  # prompt + generated ids (the context for repetition penalty)
+    generated: list[int] = field(default_factory=list)
+    cached: int = 0  # tokens already in this row's KV cache
+    cache: DynamicCache | None = None  # own cache while prefilling; None once merged into the batch
+
+    @property
+    def seq_id(self) -> int:
+        """The sequence id from the spec."""
+        return self.spec.seq_id
+
+
+class KVBatch:
+    """The rows being decoded together and their shared cache."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [B, W] long
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: Row) -> None:
+        """Merge a prefilled row (its own batch-1 cache) into the batch."""
+        own, row.cache = row.cache, None
+        length = own.get_seq_length()
+        if not self.rows:
+            self.rows, self.cache = [row], own
+            self.mask = torch.ones(1, length, dtype=torch.long, device=_device(own))
+            return
+        width = self.mask.shape[1]
+        new_width = max(width, length)
+        layers = []
+        for old_layer, new_layer in zip(self.cache.layers, own.layers):
+            keys = torch.cat([_left_pad(old_layer.keys, new_width), _left_pad(new_layer.keys, new_width)])
+            values = torch.cat([_left_pad(old_layer.values, new_width), _left_pad(new_layer.values, new_width)])
+            layers.append((keys, values))
+        self.cache = DynamicCache(layers)
+        new_mask = torch.zeros(1, new_width, dtype=torch.long, device=self.mask.device)
+        new_mask[:, new_width - length :] = 1
+        self.mask = torch.cat([F.pad(self.mask, (new_width - width, 0)), new_mask])
+        self.rows.append(row)
+
+    def remove(self, seq_id: int) -> Row | None:
+        """Take a row out of the batch; returns it, or None if it is not here."""
+        index = next((i for i, r in enumerate(self.rows) if r.seq_id == seq_id), None)
+        if index is None:
+            return None
+        row = self.rows.pop(index)
+        if not self.rows:
+            self.cache, self.mask = None, None
+            return row
+        keep = torch.tensor([i for i in range(len(self.rows) + 1) if i != index], device=self.mask.device)
+        self.cache.batch_select_indices(keep)
+        self.mask = self.mask[keep]
+        self._trim()
+        return row
+
+    def row_kv(self, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The real (unpadded) keys/values of one row, per layer: [1, heads, L, head_dim]."""
+        length = int(self.mask[index].sum())
+        return [
+            (layer.keys[index : index + 1, :, -length:], layer.values[index : index + 1, :, -length:])
+            for layer in self.cache.layers
+        ]
+
+    def decode_inputs(self) -> dict:
+        """Model inputs for one decode step of every row: the last token of each at its own position."""
+        device = self.mask.device
+        input_ids = torch.tensor([[r.tokens[-1]] for r in self.rows], device=device)  # [B, 1]
+        positions = torch.tensor([[r.cached] for r in self.rows], device=device)  # [B, 1]
+        self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long, device=device)], 1)
+        return {"input_ids": input_ids, "position_ids": positions, "attention_mask": self.mask}
+
+    def _trim(self) -> None:
+        # Columns that are padding in every remaining row can go.
+        used = self.mask.sum(0) > 0
+        start = int(torch.nonzero(used)[0]) if used.any() else self.mask.shape[1]
+        if start:
+            self.mask = self.mask[:, start:]
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, start:]
+                layer.values = layer.values[:, :, start:]
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    # t: [B, heads, L, head_dim] -> [B, heads, width, head_dim]
+    return F.pad(t, (0, 0, width - t.shape[2], 0))
+
+
+def _device(cache: DynamicCache) -> torch.device:
+    return cache.layers[0].keys.device

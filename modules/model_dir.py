@@ -1,0 +1,96 @@
+"""Model discovery: what is in the models folder, which loader fits each entry, and safe name resolution."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from modules.errors import ModelNotFound
+
+LOADER_TRANSFORMERS = "transformers"
+LOADER_LLAMACPP = "llama.cpp"
+LOADER_EXLLAMAV2 = "exllamav2"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the user can load: its name (folder or file name), path and the loader that fits it."""
+
+    name: str
+    path: Path
+    loader: str
+    builtin: bool = False
+
+
+def safe_child(base: Path, name: str, what: str = "model") -> Path:
+    """`base/name` if `name` is one plain path component that stays inside `base` (symlinks included)."""
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise ModelNotFound(f"invalid {what} name {name!r}", param="model")
+    if name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute() or ":" in name[:2]:
+        raise ModelNotFound(f"invalid {what} name {name!r}: it must be a name inside the folder, not a path")
+    base_real = base.resolve()
+    candidate = base / name
+    try:
+        real = candidate.resolve()
+    except (OSError, RuntimeError):  # symlink loops
+        raise ModelNotFound(f"{what} {name!r} cannot be resolved") from None
+    if not real.is_relative_to(base_real) or real == base_real:
+        raise ModelNotFound(f"{what} {name!r} points outside {base}")
+    return candidate
+
+
+def detect_loader(path: Path) -> str | None:
+    """The loader that fits a models-folder entry, or None if it is not a model."""
+    if path.is_file():
+        return LOADER_LLAMACPP if path.suffix.lower() == ".gguf" else None
+    if not path.is_dir():
+        return None
+    if any(path.glob("*.gguf")):
+        return LOADER_LLAMACPP
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    if (path / "measurement.json").is_file() or _quant_method(config) == "exl2":
+        return LOADER_EXLLAMAV2
+    return LOADER_TRANSFORMERS
+
+
+def list_models(model_dir: Path, builtin: tuple[ModelEntry, ...] = ()) -> list[ModelEntry]:
+    """Every loadable entry of `model_dir` (sorted by name), then built-in models not shadowed by one."""
+    entries = []
+    if model_dir.is_dir():
+        for child in sorted(model_dir.iterdir(), key=lambda p: p.name.lower()):
+            if child.name.startswith("."):
+                continue
+            try:
+                safe_child(model_dir, child.name)
+            except ModelNotFound:
+                continue  # e.g. a symlink pointing out of the folder
+            loader = detect_loader(child)
+            if loader is not None:
+                entries.append(ModelEntry(child.name, child, loader))
+    names = {e.name for e in entries}
+    return entries + [b for b in builtin if b.name not in names]
+
+
+def resolve_model(model_dir: Path, name: str, builtin: tuple[ModelEntry, ...] = ()) -> ModelEntry:
+    """The entry called `name`; ModelNotFound for unknown names or names that escape the folder."""
+    path = safe_child(model_dir, name)
+    loader = detect_loader(path) if path.exists() else None
+    if loader is not None:
+        return ModelEntry(name, path, loader)
+    for entry in builtin:
+        if entry.name == name:
+            return entry
+    if path.exists():
+        raise ModelNotFound(f"{name!r} in {model_dir} is not a model (no config.json or .gguf file)")
+    raise ModelNotFound(f"model {name!r} not found in {model_dir}")
+
+
+def _quant_method(config: Path) -> str | None:
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    quant = data.get("quantization_config") if isinstance(data, dict) else None
+    return quant.get("quant_method") if isinstance(quant, dict) else None

@@ -1,0 +1,289 @@
+"""One worker thread owns the model; any thread may submit. Each request gets its own Handle.
+
+The worker admits waiting sequences while the loader has room (FIFO), advances every active sequence by one
+token per step, decides token-level finishes (EOS, stop ids, max_tokens, context), and frees cancelled
+sequences before the next step.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from modules.errors import HearthError, ModelChanged, ModelNotLoaded, QueueFull, ServerShuttingDown
+from modules.generation import FinishReason, GenerationRequest
+from modules.handle import ErrorItem, FinishItem, Handle, TokenItem, failed
+from modules.loaders.base import Loader, SequenceSpec, TokenEvent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Seq:
+    """Worker-side bookkeeping for one choice of one request."""
+
+    seq_id: int
+    index: int
+    handle: Handle
+    spec: SequenceSpec
+    stop_ids: frozenset[int]
+    generated: int = 0
+
+
+class Scheduler:
+    """Queue in, per-request event streams out; the only code that calls loader.start/step/release."""
+
+    def __init__(self, max_queue: int = 64):
+        self.max_queue = max_queue
+        self._loader: Loader | None = None
+        self._cond = threading.Condition()
+        self._waiting: deque[list[_Seq]] = deque()  # one entry per request: its choices, admitted together
+        self._active: dict[int, _Seq] = {}
+        self._to_cancel: set[int] = set()
+        self._tasks: deque[tuple[Callable, Future]] = deque()
+        self._ids = itertools.count(1)
+        self._paused = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="hearth-worker", daemon=True)
+        self._thread.start()
+
+    # ---- any thread -------------------------------------------------------------------------------------
+    @property
+    def loader(self) -> Loader | None:
+        """The loaded model, or None."""
+        return self._loader
+
+    def submit(self, request: GenerationRequest) -> Handle:
+        """Queue a generation; raises ModelNotLoaded, QueueFull or ServerShuttingDown."""
+        loader = self._loader
+        if loader is None:
+            raise ModelNotLoaded("no model is loaded")
+        if request.model_id is not None and request.model_id != loader.info.name:
+            raise ModelChanged(f"the model changed to {loader.info.name} while the request was prepared; retry")
+        seq_ids = [next(self._ids) for _ in range(request.n)]
+        handle = Handle(request, seq_ids, loader.decode, self.cancel)
+        seqs = [self._make_seq(handle, loader, sid, i) for i, sid in enumerate(seq_ids)]
+        with self._cond:
+            if self._closed:
+                raise ServerShuttingDown("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry shortly")
+            self._waiting.append(seqs)
+            self._cond.notify_all()
+        return handle
+
+    def cancel(self, seq_ids) -> None:
+        """Cancel sequences (waiting or active); safe to call twice."""
+        with self._cond:
+            self._to_cancel.update(seq_ids)
+            self._cond.notify_all()
+
+    def cancel_all(self) -> int:
+        """Cancel everything waiting or running; returns how many sequences were affected."""
+        with self._cond:
+            ids = set(self._active) | {s.seq_id for seqs in self._waiting for s in seqs}
+            self._to_cancel.update(ids)
+            self._cond.notify_all()
+        return len(ids)
+
+    def run_exclusive(self, fn: Callable[[Loader | None], T], timeout: float | None = None) -> T:
+        """Run fn(loader) on the worker between two steps and return its result."""
+        if threading.current_thread() is self._thread:
+            return fn(self._loader)
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise ServerShuttingDown("the server is shutting down")
+            self._tasks.append((fn, future))
+            self._cond.notify_all()
+        return future.result(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Counts of waiting requests and active sequences."""
+        with self._cond:
+            return {"waiting": len(self._waiting), "active": len(self._active)}
+
+    def pause(self) -> None:
+        """Stop admitting new sequences (running ones continue)."""
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        """Admit again."""
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no sequence is active; after `timeout` seconds cancel the rest. True if none was cut."""
+        with self._cond:
+            idle = self._cond.wait_for(lambda: not self._active, timeout)
+            if not idle:
+                self._to_cancel.update(self._active)
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: not self._active)
+        return idle
+
+    def set_loader(self, loader: Loader | None) -> Loader | None:
+        """Swap the model on the worker (call while paused and idle); returns the previous one."""
+
+        def swap(old):
+            self._loader = loader
+            return old
+
+        return self.run_exclusive(swap)
+
+    def close(self) -> None:
+        """Fail everything still queued and stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._to_cancel.update(self._active)
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    # ---- worker thread ----------------------------------------------------------------------------------
+    def _make_seq(self, handle: Handle, loader: Loader, seq_id: int, index: int) -> _Seq:
+        request = handle.request
+        info = loader.info
+        stop_ids = set(request.stop_token_ids)
+        eos = set(info.eos_token_ids)
+        if not request.ban_eos:
+            stop_ids |= eos
+        seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
+        spec = SequenceSpec(
+            seq_id=seq_id,
+            prompt_ids=request.prompt_ids,
+            sampling=request.sampling,
+            seed=seed + index,  # n choices with one seed differ, yet each is reproducible
+            suppress_ids=tuple(sorted(stop_ids)),
+            suppress_until=request.min_tokens,
+            banned_ids=tuple(sorted(eos)) if request.ban_eos else (),
+            logprobs=request.logprobs,
+        )
+        return _Seq(seq_id, index, handle, spec, frozenset(stop_ids))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(self._has_work)
+                if self._closed:
+                    break
+                cancelled, self._to_cancel = self._to_cancel, set()
+                tasks, self._tasks = list(self._tasks), deque()
+            self._cancel(cancelled)
+            for fn, future in tasks:
+                self._run_task(fn, future)
+            self._admit()
+            if self._active:
+                self._step()
+        self._shutdown()
+
+    def _has_work(self) -> bool:
+        admissible = self._waiting and not self._paused and self._loader is not None
+        return bool(self._closed or self._to_cancel or self._tasks or self._active or admissible)
+
+    def _run_task(self, fn: Callable, future: Future) -> None:
+        try:
+            future.set_result(fn(self._loader))
+        except BaseException as exc:  # handed to the caller, who decides
+            future.set_exception(exc)
+
+    def _cancel(self, seq_ids: set[int]) -> None:
+        if not seq_ids:
+            return
+        with self._cond:
+            for seqs in list(self._waiting):
+                if any(s.seq_id in seq_ids for s in seqs):
+                    self._waiting.remove(seqs)
+                    for s in seqs:
+                        s.handle.inbox.put(FinishItem(s.index, FinishReason.CANCELLED))
+        for seq_id in seq_ids & set(self._active):
+            self._finish(self._active[seq_id], FinishReason.CANCELLED)
+
+    def _admit(self) -> None:
+        loader = self._loader
+        while True:
+            with self._cond:
+                if self._paused or loader is None or not self._waiting:
+                    return
+                if loader.active() + len(self._waiting[0]) > loader.capabilities.max_batch and self._active:
+                    return
+                seqs = self._waiting.popleft()
+            if seqs[0].handle.request.model_id not in (None, loader.info.name):
+                for s in seqs:
+                    s.handle.inbox.put(ErrorItem(ModelChanged(f"the model changed to {loader.info.name}; retry")))
+                continue
+            for s in seqs:
+                with self._cond:
+                    self._active[s.seq_id] = s
+                loader.start(s.spec)
+
+    def _step(self) -> None:
+        try:
+            events = self._loader.step()
+        except Exception as exc:  # a model error must not kill the worker: fail what ran, keep serving
+            log.exception("generation step failed")
+            self._fail_all(f"generation failed: {type(exc).__name__}: {exc}")
+            return
+        for event in events:
+            seq = self._active.get(event.seq_id)
+            if seq is not None:
+                self._route(seq, event)
+
+    def _route(self, seq: _Seq, event: TokenEvent) -> None:
+        if event.error is not None:
+            seq.handle.inbox.put(failed(event.error))
+            self._forget(seq)
+            return
+        seq.generated += 1
+        request = seq.handle.request
+        reason = None
+        if event.token_id in seq.stop_ids and seq.generated > request.min_tokens:
+            reason = FinishReason.STOP
+        elif request.max_tokens is not None and seq.generated >= request.max_tokens:
+            reason = FinishReason.LENGTH
+        elif len(request.prompt_ids) + seq.generated >= self._loader.info.context_length:
+            reason = FinishReason.LENGTH
+        seq.handle.inbox.put(TokenItem(seq.index, event, is_stop_token=reason is FinishReason.STOP))
+        if reason is not None:
+            self._finish(seq, reason)
+
+    def _finish(self, seq: _Seq, reason: FinishReason) -> None:
+        seq.handle.inbox.put(FinishItem(seq.index, reason))
+        self._loader.release(seq.seq_id)
+        self._forget(seq)
+
+    def _forget(self, seq: _Seq) -> None:
+        with self._cond:
+            self._active.pop(seq.seq_id, None)
+            self._cond.notify_all()
+
+    def _fail_all(self, message: str) -> None:
+        for seq in list(self._active.values()):
+            seq.handle.inbox.put(failed(message))
+            self._forget(seq)
+        try:
+            self._loader.reset()
+        except Exception:  # the loader is already broken; nothing more to free
+            log.exception("loader reset failed")
+
+    def _shutdown(self) -> None:
+        error = ErrorItem(ServerShuttingDown("the server is shutting down"))
+        with self._cond:
+            pending = [s for seqs in self._waiting for s in seqs] + list(self._active.values())
+            self._waiting.clear()
+            self._active.clear()
+            tasks, self._tasks = list(self._tasks), deque()
+        for seq in pending:
+            seq.handle.inbox.put(error)
+        if self._loader is not None:
+            self._loader.reset()  # the loader may outlive this scheduler (tests, a restart)
+        for _, future in tasks:
+            future.set_exception(ServerShuttingDown("the server is shutting down"))
+

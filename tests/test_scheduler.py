@@ -1,0 +1,246 @@
+"""The generation engine through the scheduler, with tiny real models and the real loader."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from modules.errors import ModelChanged, ModelNotLoaded, QueueFull
+from modules.generation import FinishReason, GenerationRequest, SamplingParams
+from modules.handle import TokenItem
+
+GREEDY = SamplingParams(temperature=0)
+PROMPTS = ["The quick brown fox", "Numbers: 1 2 3", "Once upon a time", "User: What is", "café naïve", "def main():"]
+
+
+def request(loader, text="Hello there, what is", **kwargs) -> GenerationRequest:
+    kwargs.setdefault("sampling", GREEDY)
+    kwargs.setdefault("max_tokens", 24)
+    return GenerationRequest(tuple(loader.encode(text)), **kwargs)
+
+
+def test_greedy_stream_equals_non_stream(served):
+    scheduler, loader = served
+    whole = scheduler.submit(request(loader)).result()
+    deltas = list(scheduler.submit(request(loader)).events())
+    assert "".join(d.text for d in deltas) == whole.choices[0].text
+    assert whole.choices[0].text == loader.decode(whole.choices[0].token_ids)
+    assert deltas[-1].finish_reason == whole.choices[0].finish_reason
+
+
+def test_max_tokens_gives_length_and_usage(served):
+    scheduler, loader = served
+    req = request(loader, max_tokens=7, ban_eos=True)
+    result = scheduler.submit(req).result()
+    assert result.choices[0].finish_reason is FinishReason.LENGTH
+    assert len(result.choices[0].token_ids) == 7
+    assert result.usage.prompt_tokens == len(req.prompt_ids) and result.usage.completion_tokens == 7
+
+
+def test_same_seed_same_text(served):
+    scheduler, loader = served
+    req = request(loader, sampling=SamplingParams(temperature=1.0, top_p=0.95, seed=1234), n=2)
+    first = [c.text for c in scheduler.submit(req).result().choices]
+    second = [c.text for c in scheduler.submit(req).result().choices]
+    assert first == second and first[0] != first[1]  # n choices differ, each reproducible
+
+
+def test_same_seed_same_text_across_processes(llama_dir, llama, scheduler):
+    scheduler.set_loader(llama)
+    req = request(llama, sampling=SamplingParams(temperature=0.9, seed=99), max_tokens=16)
+    here = scheduler.submit(req).result().choices[0].text
+    code = f"""
+import json, sys
+sys.path[:0] = [{str(Path(__file__).parent.parent)!r}]
+from modules.loaders.transformers_loader import TransformersLoader
+from modules.scheduler import Scheduler
+from modules.generation import GenerationRequest, SamplingParams
+loader = TransformersLoader.load(__import__('pathlib').Path({str(llama_dir)!r}), 'x', {{'threads': 2}})
+s = Scheduler(); s.set_loader(loader)
+r = GenerationRequest({req.prompt_ids!r}, SamplingParams(temperature=0.9, seed=99), max_tokens=16)
+print(json.dumps(s.submit(r).result().choices[0].text)); s.close()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == here
+
+
+def test_stop_string_split_across_tokens_never_leaks(served):
+    scheduler, loader = served
+    base = scheduler.submit(request(loader, max_tokens=30, ban_eos=True)).result().choices[0]
+    ids = list(base.token_ids)
+    # Find a stop string that spans a token boundary: the end of one token and the start of the next.
+    for k in range(2, len(ids) - 2):
+        left, right = loader.decode(ids[:k]), loader.decode(ids[: k + 1])
+        full = loader.decode(ids)
+        if len(left) >= 2 and len(right) > len(left) + 1 and "\ufffd" not in right:
+            stop = left[-2:] + right[len(left) : len(left) + 2]
+            break
+    else:
+        pytest.skip("no suitable token boundary")
+    expected = full[: full.find(stop)]
+    deltas = list(scheduler.submit(request(loader, max_tokens=30, ban_eos=True, stop=(stop,))).events())
+    streamed = "".join(d.text for d in deltas)
+    assert streamed == expected
+    assert stop not in streamed and deltas[-1].finish_reason is FinishReason.STOP
+
+
+def test_stop_token_ids_end_with_stop(served):
+    scheduler, loader = served
+    base = scheduler.submit(request(loader, max_tokens=12, ban_eos=True)).result().choices[0]
+    target = base.token_ids[5]
+    first = base.token_ids.index(target)
+    result = scheduler.submit(request(loader, max_tokens=12, ban_eos=True, stop_token_ids=(target,))).result()
+    choice = result.choices[0]
+    assert choice.finish_reason is FinishReason.STOP
+    assert choice.token_ids == base.token_ids[:first]
+    assert result.usage.completion_tokens == first + 1  # the stop token was generated, not shown
+
+
+def test_min_tokens_suppresses_early_stop(served):
+    scheduler, loader = served
+    base = scheduler.submit(request(loader, max_tokens=12, ban_eos=True)).result().choices[0]
+    target = base.token_ids[0]
+    result = scheduler.submit(
+        request(loader, max_tokens=12, ban_eos=True, stop_token_ids=(target,), min_tokens=4)
+    ).result()
+    assert len(result.choices[0].token_ids) >= 4
+
+
+def test_logprobs_match_tokens(served):
+    scheduler, loader = served
+    result = scheduler.submit(request(loader, logprobs=3, max_tokens=8, ban_eos=True)).result()
+    choice = result.choices[0]
+    assert [lp.token_id for lp in choice.logprobs] == list(choice.token_ids)
+    for lp in choice.logprobs:
+        assert len(lp.top) == 3 and lp.top[0][1] >= lp.top[-1][1]
+        assert lp.top[0][0] == lp.token_id  # greedy picks the most likely token
+        assert lp.logprob <= 0
+
+
+def test_concurrent_submissions_stay_isolated(served):
+    scheduler, loader = served
+    solo = {p: scheduler.submit(request(loader, p, max_tokens=20)).result().choices[0].text for p in PROMPTS}
+    results: dict[str, str] = {}
+
+    def run(prompt):
+        results[prompt] = "".join(d.text for d in scheduler.submit(request(loader, prompt, max_tokens=20)).events())
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in PROMPTS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == solo
+
+
+def test_chunked_prefill_gives_same_text(llama_dir, llama, scheduler):
+    from modules.loaders.transformers_loader import TransformersLoader
+
+    scheduler.set_loader(llama)
+    long_prompt = " ".join(PROMPTS * 3)
+    expected = scheduler.submit(request(llama, long_prompt)).result().choices[0].text
+    chunked = TransformersLoader.load(llama_dir, "tiny-llama", {"prefill_chunk": 5, "threads": 2})
+    scheduler.set_loader(chunked)
+    assert scheduler.submit(request(chunked, long_prompt)).result().choices[0].text == expected
+
+
+def test_cancel_frees_the_worker_within_a_step(served):
+    scheduler, loader = served
+    handle = scheduler.submit(request(loader, max_tokens=None, ban_eos=True))
+    events = handle.events()
+    next(events)
+    handle.cancel()
+    deadline = time.monotonic() + 5
+    while scheduler.stats()["active"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert scheduler.stats()["active"] == 0 and loader.active() == 0
+    late = 0
+    while not handle.inbox.empty():
+        late += isinstance(handle.inbox.get(), TokenItem)
+    assert late <= 2  # at most the step already running when cancel arrived
+    # The worker still serves.
+    assert scheduler.submit(request(loader, max_tokens=3)).result().choices[0].text is not None
+
+
+def test_abandoned_stream_is_cancelled(served):
+    scheduler, loader = served
+    events = scheduler.submit(request(loader, max_tokens=None, ban_eos=True)).events()
+    next(events)
+    events.close()  # what a disconnecting HTTP client does to the generator
+    deadline = time.monotonic() + 5
+    while scheduler.stats()["active"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert scheduler.stats()["active"] == 0
+
+
+def test_context_length_ends_with_length(llama, scheduler):
+    scheduler.set_loader(llama)
+    prompt_len = len(llama.encode("Hello"))
+    result = scheduler.submit(request(llama, "Hello", max_tokens=None, ban_eos=True)).result()
+    assert result.choices[0].finish_reason is FinishReason.LENGTH
+    assert prompt_len + result.usage.completion_tokens == llama.info.context_length
+
+
+def test_queue_full(llama, scheduler):
+    scheduler.set_loader(llama)
+    scheduler.max_queue = 1
+    scheduler.pause()
+    scheduler.submit(request(llama))
+    with pytest.raises(QueueFull):
+        scheduler.submit(request(llama))
+    scheduler.resume()
+
+
+def test_no_model_and_model_changed(llama, scheduler):
+    with pytest.raises(ModelNotLoaded):
+        scheduler.submit(request(llama))
+    scheduler.set_loader(llama)
+    with pytest.raises(ModelChanged):
+        scheduler.submit(request(llama, model_id="another-model"))
+
+
+class ExplodingLoader:
+    """Wraps a real loader; its step() raises once, to prove one failure does not kill the worker."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.boom = True
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self):
+        if self.boom:
+            self.boom = False
+            raise RuntimeError("simulated device failure")
+        return self.inner.step()
+
+
+def test_step_failure_fails_requests_but_worker_survives(llama, scheduler):
+    from modules.errors import GenerationFailed
+
+    scheduler.set_loader(ExplodingLoader(llama))
+    with pytest.raises(GenerationFailed, match="simulated"):
+        scheduler.submit(request(llama)).result()
+    assert scheduler.submit(request(llama, max_tokens=3)).result().usage.completion_tokens >= 1
+
+
+def test_run_exclusive_runs_on_worker(llama, scheduler):
+    scheduler.set_loader(llama)
+    names = scheduler.run_exclusive(lambda loader: (threading.current_thread().name, loader.info.name))
+    assert names == ("hearth-worker", "tiny-llama")
+
+
+def test_next_token_probs(llama, scheduler):
+    scheduler.set_loader(llama)
+    ids = llama.encode("Hello there")
+    raw = scheduler.run_exclusive(lambda m: m.next_token_probs(ids, None, 5))
+    greedy = scheduler.submit(request(llama, "Hello there", max_tokens=1, ban_eos=True)).result()
+    assert raw[0][0] == greedy.choices[0].token_ids[0]
+    top2 = scheduler.run_exclusive(lambda m: m.next_token_probs(ids, SamplingParams(top_k=2), 5))
+    assert len(top2) == 2 and abs(sum(p for _, p in top2) - 1) < 1e-5
