@@ -112,7 +112,7 @@ class TokenLogprob:
     """A token's log-probability under the model, with the top alternatives at that position."""
 
     token_id: int
-    logprob: float | None  # None only for the first token of an echoed prompt (nothing predicts it)
+    logprob: float
     top: tuple[tuple[int, float], ...] = ()
 
 

@@ -92,3 +92,65 @@ def served(request, scheduler):
     loader = request.getfixturevalue(request.param)
     scheduler.set_loader(loader)
     return scheduler, loader
+
+
+class LiveServer:
+    """A real HTTP server on a free loopback port, serving a Flask app from a thread."""
+
+    def __init__(self, app):
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self.server.server_port
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        """Absolute URL of `path`."""
+        return self.base_url + path
+
+    def stop(self) -> None:
+        """Shut the server down."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def make_runtime(models_root: Path, **overrides):
+    """A runtime over `models_root` (no model loaded yet)."""
+    from modules.config import load_settings
+    from modules.runtime import build_runtime
+
+    base = {"model.model_dir": str(models_root), "model.threads": 2, "model.max_batch_size": 8}
+    base.update(overrides)
+    return build_runtime(load_settings(None, base, root=ROOT))
+
+
+@pytest.fixture(scope="session")
+def api_runtime(models_root):
+    """One runtime serving tiny-llama, shared by the API tests."""
+    runtime = make_runtime(models_root)
+    runtime.models.load("tiny-llama")
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture(scope="session")
+def api(api_runtime):
+    """A live API server (no key) over the shared runtime."""
+    from extensions.openai.app import create_app
+
+    server = LiveServer(create_app(api_runtime, {"keepalive": 1}))
+    yield server
+    server.stop()
+
+
+def with_server_settings(runtime, **server_fields):
+    """The same runtime seen with other server settings (API key, --listen, ...)."""
+    import dataclasses
+
+    settings = runtime.settings
+    server = dataclasses.replace(settings.server, **server_fields)
+    return dataclasses.replace(runtime, settings=dataclasses.replace(settings, server=server))

@@ -53,6 +53,7 @@ class ModelInfo:
     eos_token_ids: tuple[int, ...]
     bos_token: str = ""
     eos_token: str = ""
+    bos_token_id: int | None = None
     chat_template: str | None = None
     generation_defaults: Mapping[str, Any] = field(default_factory=dict)
     device: str = "cpu"

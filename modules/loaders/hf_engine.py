@@ -80,12 +80,19 @@ class HFEngine:
 
     @torch.inference_mode()
     def prompt_logprobs(self, prompt_ids: Sequence[int], top: int) -> list[TokenLogprob]:
-        """Each prompt token's logprob given the tokens before it (the first has none), with top alternatives."""
-        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        """Each prompt token's logprob given the tokens before it, with the top alternatives.
+
+        The first token is scored after BOS when the prompt does not start with it; a leading BOS
+        itself is given (logprob 0).
+        """
+        bos = self.info.bos_token_id
+        prefix = [bos] if bos is not None and prompt_ids[0] != bos else []
+        ids = torch.tensor([prefix + list(prompt_ids)], device=self.device)
         logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0, :-1].float(), -1)  # [T-1, V]
-        items = [TokenLogprob(int(prompt_ids[0]), None)]
-        chosen = logprobs.gather(1, ids[0, 1:, None])[:, 0].tolist()
-        for row, token, value in zip(logprobs, prompt_ids[1:], chosen):
+        targets = ids[0, 1:]
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        items = [] if prefix else [TokenLogprob(int(prompt_ids[0]), 0.0)]
+        for row, token, value in zip(logprobs, targets.tolist(), chosen):
             items.append(TokenLogprob(int(token), value, tuple(top_logprobs(row, top))))
         return items
 

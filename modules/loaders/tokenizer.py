@@ -24,6 +24,7 @@ class HFTokenizer:
         self.bos_token = tokenizer.bos_token
         self.eos_token = tokenizer.eos_token
         self.eos_token_id = tokenizer.eos_token_id
+        self.bos_token_id = tokenizer.bos_token_id
         self.chat_template = _chat_template(tokenizer)
         self.model_max_length = getattr(tokenizer, "model_max_length", None)
         self.token_bytes = lru_cache(maxsize=65536)(self._token_bytes)

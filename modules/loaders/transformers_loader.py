@@ -147,6 +147,7 @@ def _model_info(name, path, model, tokenizer: HFTokenizer, config: dict, device:
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),
         eos_token_ids=tuple(eos_ids),
         bos_token=tokenizer.bos_token or "",
+        bos_token_id=tokenizer.bos_token_id,
         eos_token=tokenizer.eos_token or "",
         chat_template=tokenizer.chat_template,
         generation_defaults=_generation_defaults(gen),

@@ -1,0 +1,206 @@
+"""POST /v1/completions: prompt as a string, a list of strings, token ids, or lists of token ids."""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+from flask import Blueprint, jsonify
+
+from extensions.openai import responses as R
+from extensions.openai.chat import sse_response
+from extensions.openai.errors import APIError
+from extensions.openai.params import check_unknown, generation_request
+from extensions.openai.schemas import CompletionRequest
+from extensions.openai.sse import KEEPALIVE, event, stream
+from extensions.openai.state import parse, serving_loader, state
+from modules.errors import ContextTooLong
+from modules.generation import Usage
+from modules.handle import Handle
+from modules.loaders.base import Loader
+
+bp = Blueprint("completions", __name__)
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions endpoint
+FIM_TOKENS = (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"))
+
+
+@bp.post("/v1/completions")
+def completions():
+    """Text completion for one or more prompts, streamed as SSE when `stream` is true."""
+    st = state()
+    runtime = st.runtime
+    req = parse(CompletionRequest)
+    check_unknown(req, st.config.strict)
+    n = req.n if req.n is not None else 1
+    if req.best_of is not None and req.best_of != n:
+        raise APIError(400, "best_of other than n is not supported", param="best_of")
+    loader = serving_loader(req.model)
+    prompts = [_prompt_ids(loader, p, req.suffix) for p in _prompt_list(req.prompt)]
+    max_tokens = _max_tokens(req)
+    echoes = [_echo(runtime, loader, ids, text, req) for ids, text in prompts] if req.echo else None
+    if max_tokens == 0:  # echo only: score the prompt, generate nothing (lm-evaluation-harness does this)
+        return _echo_only(meta_for(loader), prompts, n, echoes, loader.token_bytes, req)
+    gens = [
+        generation_request(req, ids, loader.info, runtime.settings.generation, max_tokens=max_tokens,
+                           logprobs=req.logprobs)
+        for ids, _ in prompts
+    ]  # fmt: skip
+    handles = [runtime.scheduler.submit(g) for g in gens]
+    meta = meta_for(loader)
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        chunks = completion_chunks(meta, handles, n, echoes, include_usage, loader.token_bytes, st.config.keepalive)
+        return sse_response(stream(chunks, lambda: [h.cancel() for h in handles]))
+    return jsonify(_completion_body(meta, handles, n, echoes, loader.token_bytes))
+
+
+def meta_for(loader: Loader) -> R.ResponseMeta:
+    """Ids and fingerprint for one completion response."""
+    return R.ResponseMeta.new("cmpl", loader.info.name, [loader.info.dtype])
+
+
+def _max_tokens(req: CompletionRequest) -> int:
+    value = req.max_tokens if req.max_tokens is not None else (req.max_new_tokens or DEFAULT_MAX_TOKENS)
+    if value == 0 and not req.echo:
+        raise APIError(400, "max_tokens must be at least 1 (0 is allowed only with echo)", param="max_tokens")
+    if value < 0:
+        raise APIError(400, f"max_tokens must be at least 0, got {value}", param="max_tokens")
+    return value
+
+
+def _echo_only(meta, prompts, n: int, echoes, token_bytes, req: CompletionRequest):
+    choices = []
+    for p, (text, items) in enumerate(echoes):
+        logprobs = R.completion_logprobs(items, token_bytes, 0) if req.logprobs is not None else None
+        choices += [R.completion_choice(p * n + j, text, "length", logprobs) for j in range(n)]
+    usage = Usage(sum(len(ids) for ids, _ in prompts), 0)
+    if req.stream:
+        chunks = [event(R.completion_body(meta, choices, None, chunk=True))]
+        if req.stream_options and req.stream_options.include_usage:
+            chunks.append(event(R.completion_body(meta, [], usage)))
+        return sse_response(stream(iter(chunks), lambda: None))
+    return jsonify(R.completion_body(meta, choices, usage))
+
+
+def _prompt_list(prompt) -> list:
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def _prompt_ids(loader: Loader, prompt, suffix: str | None) -> tuple[list[int], str]:
+    """(token ids, prompt text) for one prompt; with `suffix`, a fill-in-the-middle prompt."""
+    text = prompt if isinstance(prompt, str) else loader.decode(prompt, skip_special_tokens=False)
+    if suffix is not None:
+        return loader.encode(_fim_prompt(loader, text, suffix)), text
+    if isinstance(prompt, str):
+        return loader.encode(prompt, add_special_tokens=True), text
+    return list(prompt), text
+
+
+def _fim_prompt(loader: Loader, prefix: str, suffix: str) -> str:
+    for pre, suf, mid in FIM_TOKENS:
+        if all(len(loader.encode(t)) == 1 for t in (pre, suf, mid)):
+            return f"{pre}{prefix}{suf}{suffix}{mid}"
+    raise APIError(400, "suffix needs a fill-in-the-middle model (one with <|fim_prefix|> tokens)", param="suffix")
+
+
+def _echo(runtime, loader: Loader, ids: list[int], text: str, req: CompletionRequest) -> tuple[str, list]:
+    """The prompt text to echo and, when logprobs are asked, each prompt token's logprob."""
+    if req.logprobs is None:
+        return text, []
+    if len(ids) >= loader.info.context_length:
+        raise ContextTooLong(f"the prompt is {len(ids)} tokens, over the model's context", param="prompt")
+    top = req.logprobs
+    items = runtime.scheduler.run_exclusive(lambda model: model.prompt_logprobs(ids, top))
+    info = loader.info
+    if isinstance(req.prompt, str) or (isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], str)):
+        if ids and ids[0] == info.bos_token_id and not text.startswith(info.bos_token or "\x00"):
+            items = items[1:]  # a BOS the tokenizer added is not part of the echoed text
+    return text, items
+
+
+def _completion_body(meta, handles: list[Handle], n: int, echoes, token_bytes) -> dict:
+    choices = []
+    prompt_tokens = completion_tokens = 0
+    for p, handle in enumerate(handles):
+        result = handle.result()
+        prompt_tokens += result.usage.prompt_tokens
+        completion_tokens += result.usage.completion_tokens
+        echo_text, echo_lps = echoes[p] if echoes else ("", [])
+        for choice in result.choices:
+            logprobs = None
+            if choice.logprobs is not None:
+                logprobs = R.completion_logprobs(list(echo_lps) + list(choice.logprobs), token_bytes, 0)
+            text = echo_text + choice.text
+            choices.append(R.completion_choice(p * n + choice.index, text, R.finish_name(choice.finish_reason), logprobs))
+    return R.completion_body(meta, choices, Usage(prompt_tokens, completion_tokens))
+
+
+def completion_chunks(meta, handles, n, echoes, include_usage, token_bytes, keepalive) -> Iterator[str]:
+    """SSE events for every prompt's choices, interleaved as tokens arrive."""
+    offsets = {}
+    if echoes:
+        for p, (text, lps) in enumerate(echoes):
+            for j in range(n):
+                logprobs = R.completion_logprobs(lps, token_bytes, 0) if lps else None
+                yield event(R.completion_body(meta, [R.completion_choice(p * n + j, text, None, logprobs)], None, chunk=include_usage))
+                offsets[p * n + j] = len(text)
+    for p, delta in merge_events(handles, keepalive):
+        if delta is None:
+            yield KEEPALIVE
+            continue
+        index = p * n + delta.index
+        logprobs = None
+        if handles[p].request.logprobs is not None:
+            logprobs = R.completion_logprobs(delta.logprobs, token_bytes, offsets.get(index, 0))
+        offsets[index] = offsets.get(index, 0) + len(delta.text)
+        finish = R.finish_name(delta.finish_reason)
+        yield event(R.completion_body(meta, [R.completion_choice(index, delta.text, finish, logprobs)], None, chunk=include_usage))
+    if include_usage:
+        usage = Usage(sum(h.usage.prompt_tokens for h in handles), sum(h.usage.completion_tokens for h in handles))
+        yield event(R.completion_body(meta, [], usage))
+
+
+def merge_events(handles: list[Handle], keepalive: float) -> Iterator[tuple[int, object]]:
+    """(prompt index, delta) from several handles as they arrive; (-1, None) when idle for `keepalive` s."""
+    if len(handles) == 1:
+        for delta in handles[0].events(idle=keepalive):
+            yield 0, delta
+        return
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    done = object()
+
+    def pump(p: int, handle: Handle) -> None:
+        try:
+            for delta in handle.events():
+                inbox.put((p, delta))
+        except Exception as exc:  # re-raised in the consumer's thread
+            inbox.put((p, exc))
+        inbox.put((p, done))
+
+    for p, handle in enumerate(handles):
+        threading.Thread(target=pump, args=(p, handle), daemon=True).start()
+    remaining = len(handles)
+    try:
+        while remaining:
+            try:
+                p, item = inbox.get(timeout=keepalive)
+            except queue.Empty:
+                yield -1, None
+                continue
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield p, item
+    finally:
+        for handle in handles:
+            handle.cancel()
+

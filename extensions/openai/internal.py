@@ -1,0 +1,19 @@
+"""text-generation-webui's /v1/internal routes: health (more in later modules)."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from extensions.openai.state import state
+
+bp = Blueprint("internal", __name__)
+
+
+@bp.get("/v1/internal/health")
+def health():
+    """{"status": "ok"} plus what is loaded and how busy the scheduler is."""
+    runtime = state().runtime
+    info = runtime.models.info
+    return jsonify(
+        {"status": "ok", "model": info.name if info else None, "loading": runtime.models.loading,
+         **runtime.scheduler.stats()}
+    )  # fmt: skip

@@ -1,0 +1,125 @@
+"""From a chat request to a rendered, tokenized prompt (runs in the request thread)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from extensions.openai.errors import APIError
+from extensions.openai.schemas import ChatCompletionRequest, ChatMessage
+from modules.config import ChatSettings
+from modules.errors import ContextTooLong
+from modules.generation import MAX_TOP_LOGPROBS
+from modules.loaders.base import Loader
+
+log = logging.getLogger(__name__)
+
+UNSUPPORTED_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file", "video_url": "video"}
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A rendered chat prompt, its token ids, and which template made it."""
+
+    text: str
+    ids: list[int]
+    template: str
+    template_source: str
+    stop: tuple[str, ...]
+
+
+def check_supported(req: ChatCompletionRequest) -> None:
+    """Refuse, with a 400, what Hearth cannot honour rather than silently ignoring it."""
+    fmt = (req.response_format or {}).get("type", "text")
+    if fmt != "text":
+        raise APIError(400, f"response_format '{fmt}' is not supported yet; only 'text'", param="response_format")
+    if isinstance(req.tool_choice, dict) or req.tool_choice == "required":
+        raise APIError(400, "tool calling is not supported yet; tool_choice must be 'auto' or 'none'", param="tool_choice")
+    if isinstance(req.function_call, dict):
+        raise APIError(400, "function calling is not supported yet", param="function_call")
+    if req.audio is not None or any(m != "text" for m in req.modalities or ()):
+        raise APIError(400, "only text output is supported", param="modalities")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
+    if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise APIError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", param="top_logprobs")
+    if req.tools or req.functions:
+        # With tool_choice "auto" answering in plain text is a valid reply, so the tools are simply not used.
+        log.debug("tools given with tool_choice=%r: answering without tool calls", req.tool_choice)
+
+
+def flatten_messages(messages: list[ChatMessage]) -> list[dict]:
+    """Messages as {"role", "content": str}; text parts joined; other part kinds refused by name."""
+    flat = []
+    for i, message in enumerate(messages):
+        content = message.content
+        if content is None:
+            text = ""
+        elif isinstance(content, str):
+            text = content
+        else:
+            text = "\n".join(_text_part(part, i, j) for j, part in enumerate(content))
+        role = "tool" if message.role == "function" else message.role
+        flat.append({"role": role, "content": text})
+    return flat
+
+
+def _text_part(part: dict, i: int, j: int) -> str:
+    kind = part.get("type")
+    where = f"messages[{i}].content[{j}]"
+    if kind == "text" and isinstance(part.get("text"), str):
+        return part["text"]
+    if kind in UNSUPPORTED_PARTS:
+        raise APIError(400, f"{UNSUPPORTED_PARTS[kind]} input is not supported by this model", param=where)
+    raise APIError(400, f"content parts must be {{'type': 'text', 'text': ...}}, got type {kind!r}", param=where)
+
+
+def prompt_options(req: ChatCompletionRequest, chat: ChatSettings, reserve: int):
+    """PromptOptions from the request, with settings.yaml's chat defaults."""
+    from modules.prompts import PromptOptions
+
+    return PromptOptions(
+        mode=req.mode or chat.mode,
+        instruction_template=req.instruction_template or chat.instruction_template or None,
+        instruction_template_str=req.instruction_template_str,
+        chat_template_str=req.chat_template_str,
+        character=req.character or chat.character,
+        name1=req.name1 or chat.name1,
+        name2=req.name2,
+        context=req.context,
+        greeting=req.greeting,
+        user_bio=req.user_bio if req.user_bio is not None else chat.user_bio,
+        chat_instruct_command=req.chat_instruct_command or chat.chat_instruct_command,
+        continue_=req.continue_,
+        reserve_tokens=reserve,
+    )
+
+
+def prompt_info(loader: Loader):
+    """What the prompt store needs to know about the loaded model."""
+    from modules.prompts import ModelPromptInfo
+
+    info = loader.info
+    return ModelPromptInfo(
+        name=info.name,
+        chat_template=info.chat_template,
+        bos_token=info.bos_token,
+        eos_token=info.eos_token,
+        context_length=info.context_length,
+        count_tokens=lambda text: len(loader.encode(text)),
+    )
+
+
+def prepare_chat_prompt(runtime, req: ChatCompletionRequest, loader: Loader, max_tokens: int) -> PreparedPrompt:
+    """Render the conversation with the chosen template and tokenize it; 413 if it cannot fit."""
+    info = loader.info
+    reserve = min(max_tokens, info.context_length // 2)  # room for the reply when dropping old turns
+    options = prompt_options(req, runtime.settings.chat, reserve)
+    rendered = runtime.prompts.render(flatten_messages(req.messages), options, prompt_info(loader))
+    log.info("chat prompt: template %s (%s), %d tokens", rendered.template_name, rendered.template_source,
+             rendered.prompt_tokens)  # fmt: skip
+    ids = loader.encode(rendered.text)
+    if len(ids) >= info.context_length:
+        raise ContextTooLong(
+            f"the prompt is {len(ids)} tokens but the model's context is {info.context_length}", param="messages"
+        )
+    return PreparedPrompt(rendered.text, ids, rendered.template_name, rendered.template_source, rendered.stop)

@@ -1,0 +1,119 @@
+"""Pydantic request models for the HTTP edge, ordered like OpenAI's docs, plus text-generation-webui extras.
+
+Types are checked here (strict: "5" is not a number); ranges are checked by the engine's own validation so the
+UI and the API reject the same values with the same messages.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+StopField = Union[str, list[str], None]
+Number = Union[int, float]
+
+
+class StreamOptions(BaseModel):
+    """stream_options: include a final usage chunk."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+
+    model: str | None = None
+    frequency_penalty: Number | None = None
+    logit_bias: dict[str, Number] | None = None
+    max_tokens: int | None = None
+    n: int | None = None
+    presence_penalty: Number | None = None
+    seed: int | None = None
+    stop: StopField = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    user: str | None = None
+    # text-generation-webui / vLLM extras
+    top_k: int | None = None
+    min_p: Number | None = None
+    typical_p: Number | None = None
+    repetition_penalty: Number | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    ban_eos_token: bool | None = None
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool | None = None
+    max_new_tokens: int | None = None  # text-generation-webui's name for max_tokens
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        """`stop` as a tuple of strings."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def unknown_fields(self) -> list[str]:
+        """Fields the client sent that Hearth does not know."""
+        return sorted(self.model_extra or {})
+
+
+class ChatMessage(BaseModel):
+    """One message; content is a string or a list of parts (only text parts are supported)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Union[str, list[dict[str, Any]], None] = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    max_completion_tokens: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: bool | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    service_tier: str | None = None
+    reasoning_effort: str | None = None
+    # text-generation-webui prompt-format extras
+    mode: Literal["instruct", "chat", "chat-instruct"] | None = None
+    instruction_template: str | None = None
+    instruction_template_str: str | None = None
+    chat_template_str: str | None = None
+    character: str | None = None
+    name1: str | None = Field(default=None, alias="user_name")
+    name2: str | None = Field(default=None, alias="bot_name")
+    context: str | None = None
+    greeting: str | None = None
+    user_bio: str | None = None
+    chat_instruct_command: str | None = None
+    continue_: bool = False
+
+
+PromptField = Union[str, list[str], list[int], list[list[int]]]
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions."""
+
+    prompt: PromptField
+    best_of: int | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None

@@ -1,0 +1,92 @@
+"""Per-app state and request helpers shared by the route modules."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import current_app, request
+from pydantic import BaseModel, ValidationError
+
+from extensions.openai.errors import APIError, from_validation
+from modules.errors import ModelNotFound, ModelNotLoaded
+from modules.loaders.base import Loader
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+KEEPALIVE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The API's own settings, resolved once in create_app()."""
+
+    api_key: str = ""
+    admin_key: str = ""
+    listen: bool = False
+    strict: bool = False
+    max_body_bytes: int = 8 * 1024 * 1024
+    debug: bool = False
+    keepalive: float = KEEPALIVE_SECONDS
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """What every route needs: the runtime and the API config."""
+
+    runtime: Any  # modules.runtime.Runtime
+    config: ApiConfig
+
+
+def state() -> ApiState:
+    """The ApiState of the current app."""
+    return current_app.extensions["hearth"]
+
+
+def json_body() -> dict:
+    """The request body as a JSON object; 400 for invalid UTF-8, invalid JSON or a non-object."""
+    raw = request.get_data(cache=True)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, "the request body is not valid UTF-8") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise APIError(400, f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return data
+
+
+def parse(model: type[M]) -> M:
+    """Validate the JSON body into `model`; 400 naming the first bad field."""
+    try:
+        return model.model_validate(json_body())
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+
+
+def serving_loader(requested: str | None) -> Loader:
+    """The loaded model for a request; 404 when it names another local model (unless load-on-demand)."""
+    runtime = state().runtime
+    loader = runtime.models.loader
+    if requested and (loader is None or requested != loader.info.name):
+        local = {e.name for e in runtime.models.list()}
+        if requested in local:
+            if runtime.settings.model.load_on_demand:
+                runtime.models.load(requested)
+                return runtime.models.loader
+            raise ModelNotFound(
+                f"model {requested!r} is not loaded (loaded: {loader.info.name if loader else 'none'}); "
+                "load it with POST /v1/internal/model/load",
+                param="model",
+            )
+    if loader is None:
+        raise ModelNotLoaded("no model is loaded; load one with POST /v1/internal/model/load")
+    return loader
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
