@@ -2,29 +2,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
 from extensions.openai.errors import APIError
 from extensions.openai.schemas import ChatCompletionRequest, ChatMessage
 from modules.config import ChatSettings
-from modules.errors import ContextTooLong
+from modules.chat_prompt import PreparedPrompt, prepare_prompt
 from modules.generation import MAX_TOP_LOGPROBS
 from modules.loaders.base import Loader
 
 log = logging.getLogger(__name__)
 
 UNSUPPORTED_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file", "video_url": "video"}
-
-
-@dataclass(frozen=True)
-class PreparedPrompt:
-    """A rendered chat prompt, its token ids, and which template made it."""
-
-    text: str
-    ids: list[int]
-    template: str
-    template_source: str
-    stop: tuple[str, ...]
 
 
 def check_supported(req: ChatCompletionRequest) -> None:
@@ -94,32 +81,8 @@ def prompt_options(req: ChatCompletionRequest, chat: ChatSettings, reserve: int)
     )
 
 
-def prompt_info(loader: Loader):
-    """What the prompt store needs to know about the loaded model."""
-    from modules.prompts import ModelPromptInfo
-
-    info = loader.info
-    return ModelPromptInfo(
-        name=info.name,
-        chat_template=info.chat_template,
-        bos_token=info.bos_token,
-        eos_token=info.eos_token,
-        context_length=info.context_length,
-        count_tokens=lambda text: len(loader.encode(text)),
-    )
-
-
 def prepare_chat_prompt(runtime, req: ChatCompletionRequest, loader: Loader, max_tokens: int) -> PreparedPrompt:
     """Render the conversation with the chosen template and tokenize it; 413 if it cannot fit."""
-    info = loader.info
-    reserve = min(max_tokens, info.context_length // 2)  # room for the reply when dropping old turns
+    reserve = min(max_tokens, loader.info.context_length // 2)  # room for the reply when dropping old turns
     options = prompt_options(req, runtime.settings.chat, reserve)
-    rendered = runtime.prompts.render(flatten_messages(req.messages), options, prompt_info(loader))
-    log.info("chat prompt: template %s (%s), %d tokens", rendered.template_name, rendered.template_source,
-             rendered.prompt_tokens)  # fmt: skip
-    ids = loader.encode(rendered.text)
-    if len(ids) >= info.context_length:
-        raise ContextTooLong(
-            f"the prompt is {len(ids)} tokens but the model's context is {info.context_length}", param="messages"
-        )
-    return PreparedPrompt(rendered.text, ids, rendered.template_name, rendered.template_source, rendered.stop)
+    return prepare_prompt(runtime.prompts, flatten_messages(req.messages), options, loader)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run Hearth's whole test suite: installs the test tools (requirements-dev.txt, the client sandboxes in
+# .clients/, Chromium for the browser tests) if they are missing, then runs pytest. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+
+"$PY" -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+install_target() {  # install_target DIR PACKAGE: a pip --target sandbox, made atomically
+  local dir=".clients/$1"
+  [ -d "$dir" ] && return 0
+  rm -rf "$dir.partial"
+  "$PY" -m pip install -q --disable-pip-version-check --target "$dir.partial" "$2"
+  mv "$dir.partial" "$dir"
+}
+mkdir -p .clients
+install_target openai-legacy "openai==0.28.1"
+install_target shell-gpt "shell-gpt==1.5.1"
+if command -v npm >/dev/null && [ ! -d .clients/node/node_modules/openai ]; then
+  rm -rf .clients/node.partial && mkdir -p .clients/node.partial
+  (cd .clients/node.partial && npm init -y >/dev/null && npm install --silent --no-audit --no-fund openai@5 >/dev/null)
+  rm -rf .clients/node && mv .clients/node.partial .clients/node
+fi
+
+if ! command -v chromium >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+export HEARTH_REQUIRE_CLIENTS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+exec "$PY" -m pytest -q "$@"
