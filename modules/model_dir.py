@@ -25,7 +25,7 @@ class ModelEntry:
 def safe_child(base: Path, name: str, what: str = "model") -> Path:
     """`base/name` if `name` is one plain path component that stays inside `base` (symlinks included)."""
     if not isinstance(name, str) or not name.strip() or "\x00" in name:
-        raise ModelNotFound(f"invalid {what} name {name!r}", param="model")
+        raise ModelNotFound(f"invalid {what} name {name!r}")
     if name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute() or ":" in name[:2]:
         raise ModelNotFound(f"invalid {what} name {name!r}: it must be a name inside the folder, not a path")
     base_real = base.resolve()

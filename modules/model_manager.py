@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from modules.config import ModelSettings
@@ -30,6 +31,7 @@ class ModelManager:
         self._loading: str | None = None
         self.entry: ModelEntry | None = None
         self.load_options: dict[str, Any] = {}
+        self.prompt_settings: Mapping[str, Any] = MappingProxyType({})  # e.g. the instruction template to use
 
     @property
     def loader(self) -> Loader | None:
@@ -66,7 +68,9 @@ class ModelManager:
             return self.builtin[0].name
         return None
 
-    def load(self, name: str, options: Mapping[str, Any] | None = None) -> ModelInfo:
+    def load(
+        self, name: str, options: Mapping[str, Any] | None = None, prompt_settings: Mapping[str, Any] | None = None
+    ) -> ModelInfo:
         """Load `name` and make it the serving model; on failure the previous model keeps serving."""
         entry = self.resolve(name)
         merged = {**self.settings.loader_options(), **(options or {})}
@@ -75,7 +79,9 @@ class ModelManager:
         with self._lock:
             self._loading = name
             try:
-                return self._swap_in(entry, loader_cls, merged)
+                info = self._swap_in(entry, loader_cls, merged)
+                self.prompt_settings = MappingProxyType(dict(prompt_settings or {}))
+                return info
             finally:
                 self._loading = None
 
@@ -85,6 +91,7 @@ class ModelManager:
             old = self._detach()
             self.scheduler.resume()
             self.entry = None
+            self.prompt_settings = MappingProxyType({})
             if old is None:
                 return False
             old.unload()

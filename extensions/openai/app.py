@@ -2,20 +2,26 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping
 
 from flask import Flask, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import WebsocketMismatch
 
-from extensions.openai import chat, completions, docs, internal, models, security
+from extensions.openai import (
+    chat, completions, docs, embeddings, internal, model_admin, models, security, tokens, websocket,
+)
 from extensions.openai.errors import APIError, from_domain, from_validation, internal as internal_error
 from extensions.openai.state import ApiConfig, ApiState
 from modules.errors import HearthError
 
 log = logging.getLogger(__name__)
 
-BLUEPRINTS = (chat.bp, completions.bp, models.bp, internal.bp, docs.bp)
+BLUEPRINTS = (
+    chat.bp, completions.bp, models.bp, internal.bp, docs.bp, embeddings.bp, tokens.bp, model_admin.bp, websocket.bp,
+)
 
 
 def api_config(runtime, params: Mapping[str, Any]) -> ApiConfig:
@@ -32,6 +38,15 @@ def api_config(runtime, params: Mapping[str, Any]) -> ApiConfig:
     )
 
 
+def embedding_models(runtime, params: Mapping[str, Any]):
+    """Embedding models as text-generation-webui configures them: env first, then settings, then the default."""
+    from modules.embeddings import EmbeddingModels
+
+    default = os.environ.get("OPENEDAI_EMBEDDING_MODEL") or params.get("embedding_model") or ""
+    device = os.environ.get("OPENEDAI_EMBEDDING_DEVICE") or params.get("embedding_device") or "cpu"
+    return EmbeddingModels(runtime.models.model_dir, default, device)
+
+
 def create_app(runtime, params: Mapping[str, Any] | None = None) -> Flask:
     """Build the API app around `runtime`."""
     config = api_config(runtime, params or {})
@@ -39,7 +54,7 @@ def create_app(runtime, params: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    app.extensions["hearth"] = ApiState(runtime=runtime, config=config)
+    app.extensions["hearth"] = ApiState(runtime, config, embedding_models(runtime, params or {}))
     security.install(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
@@ -63,6 +78,9 @@ def _install_error_handlers(app: Flask, config: ApiConfig) -> None:
         if isinstance(exc, RequestEntityTooLarge):
             limit = config.max_body_bytes / (1024 * 1024)
             return respond(APIError(413, f"the request body is larger than {limit:g} MB", code="request_too_large"))
+        if isinstance(exc, WebsocketMismatch):
+            return respond(APIError(400, "this endpoint speaks WebSocket; send an Upgrade: websocket request",
+                                    code="upgrade_required"))  # fmt: skip
         if exc.code == 404:
             return respond(APIError(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url"))
         if exc.code == 405:

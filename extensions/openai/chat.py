@@ -1,7 +1,8 @@
 """POST /v1/chat/completions and POST /v1/internal/chat-prompt."""
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from flask import Blueprint, Response, jsonify
 
@@ -10,22 +11,30 @@ from extensions.openai.params import check_unknown, generation_request
 from extensions.openai.prompting import check_supported, prepare_chat_prompt
 from extensions.openai.schemas import ChatCompletionRequest
 from extensions.openai.sse import KEEPALIVE, event, stream
-from extensions.openai.state import parse, serving_loader, state
+from extensions.openai.state import ApiState, parse, serving_loader, state
+from modules.chat_prompt import PreparedPrompt
 from modules.handle import Handle
 
 bp = Blueprint("chat", __name__)
 
 
-def _template_header(prepared) -> dict[str, str]:
-    return {"X-Hearth-Template": f"{prepared.template} ({prepared.template_source})"}
+@dataclass
+class Run:
+    """A submitted generation and what its response needs; shared by the HTTP and WebSocket transports."""
+
+    handle: Handle
+    meta: R.ResponseMeta
+    token_bytes: Callable[[int], bytes]
+    include_usage: bool
+    headers: dict
+    chunks: Callable[[], Iterator[dict | None]]  # stream chunk bodies; None means "idle, send a keep-alive"
+    body: Callable[[], dict]  # the non-streamed body
+    cancel: Callable[[], None]
 
 
-@bp.post("/v1/chat/completions")
-def chat_completions():
-    """Chat completion, streamed as SSE when `stream` is true."""
-    st = state()
+def start_chat(st: ApiState, req: ChatCompletionRequest) -> Run:
+    """Validate, render, tokenize and submit a chat request (in the request thread)."""
     runtime = st.runtime
-    req = parse(ChatCompletionRequest)
     check_unknown(req, st.config.strict)
     check_supported(req)
     loader = serving_loader(req.model)
@@ -39,35 +48,46 @@ def chat_completions():
     )  # fmt: skip
     handle = runtime.scheduler.submit(gen)
     meta = R.ResponseMeta.new("chatcmpl", loader.info.name, [loader.info.dtype, prepared.template])
-    headers = _template_header(prepared)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    keepalive = st.config.keepalive
+    return Run(
+        handle=handle, meta=meta, token_bytes=loader.token_bytes, include_usage=include_usage,
+        headers=_template_header(prepared),
+        chunks=lambda: chat_chunks(meta, handle, include_usage, loader.token_bytes, keepalive),
+        body=lambda: R.chat_completion(meta, handle.result(), loader.token_bytes),
+        cancel=handle.cancel,
+    )  # fmt: skip
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions():
+    """Chat completion, streamed as SSE when `stream` is true."""
+    st = state()
+    req = parse(ChatCompletionRequest)
+    run = start_chat(st, req)
     if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        chunks = chat_chunks(meta, handle, include_usage, loader.token_bytes, st.config.keepalive)
-        return sse_response(stream(chunks, handle.cancel), headers)
-    completion = handle.result()
-    return jsonify(R.chat_completion(meta, completion, loader.token_bytes)), 200, headers
+        return sse_response(stream(sse_events(run.chunks()), run.cancel), run.headers)
+    return jsonify(run.body()), 200, run.headers
 
 
-def chat_chunks(meta: R.ResponseMeta, handle: Handle, include_usage: bool, token_bytes, keepalive: float) -> Iterator[str]:
-    """SSE events: a role chunk per choice, content deltas, a finish chunk per choice, then usage if asked."""
+def chat_chunks(meta: R.ResponseMeta, handle: Handle, include_usage: bool, token_bytes, keepalive: float):
+    """Chunk bodies: a role chunk per choice, content deltas, a finish chunk per choice, then usage if asked."""
     wants_logprobs = handle.request.logprobs is not None
     for index in range(handle.request.n):
-        delta = {"role": "assistant", "content": "", "refusal": None}
-        yield event(R.chat_chunk(meta, [_choice(index, delta)], include_usage))
+        yield R.chat_chunk(meta, [_choice(index, {"role": "assistant", "content": "", "refusal": None})], include_usage)
     for delta in handle.events(idle=keepalive):
         if delta is None:
-            yield KEEPALIVE  # lets a dead client be noticed while the request waits for a slot
+            yield None
             continue
         if delta.text or delta.logprobs:
             logprobs = None
             if wants_logprobs:
                 logprobs = {"content": R.chat_logprob_items(delta.logprobs, token_bytes), "refusal": None}
-            yield event(R.chat_chunk(meta, [_choice(delta.index, {"content": delta.text}, None, logprobs)], include_usage))
+            yield R.chat_chunk(meta, [_choice(delta.index, {"content": delta.text}, None, logprobs)], include_usage)
         if delta.finish_reason is not None:
-            finish = R.finish_name(delta.finish_reason)
-            yield event(R.chat_chunk(meta, [_choice(delta.index, {}, finish)], include_usage))
+            yield R.chat_chunk(meta, [_choice(delta.index, {}, R.finish_name(delta.finish_reason))], include_usage)
     if include_usage:
-        yield event(R.chat_chunk(meta, [], True, handle.usage))
+        yield R.chat_chunk(meta, [], True, handle.usage)
 
 
 def _choice(index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> dict:
@@ -77,6 +97,12 @@ def _choice(index: int, delta: dict, finish: str | None = None, logprobs: dict |
     return choice
 
 
+def sse_events(chunks: Iterator[dict | None]) -> Iterator[str]:
+    """Chunk bodies as SSE events; idle moments become keep-alive comments (so dead clients are noticed)."""
+    for chunk in chunks:
+        yield KEEPALIVE if chunk is None else event(chunk)
+
+
 def sse_response(body: Iterator[str], headers: dict[str, str] | None = None) -> Response:
     """A streaming text/event-stream response that proxies must not buffer."""
     response = Response(body, mimetype="text/event-stream")
@@ -84,6 +110,10 @@ def sse_response(body: Iterator[str], headers: dict[str, str] | None = None) -> 
     response.headers["X-Accel-Buffering"] = "no"
     response.headers.update(headers or {})
     return response
+
+
+def _template_header(prepared: PreparedPrompt) -> dict[str, str]:
+    return {"X-Hearth-Template": f"{prepared.template} ({prepared.template_source})"}
 
 
 @bp.post("/v1/internal/chat-prompt")

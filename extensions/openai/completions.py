@@ -8,12 +8,12 @@ from typing import Iterator
 from flask import Blueprint, jsonify
 
 from extensions.openai import responses as R
-from extensions.openai.chat import sse_response
+from extensions.openai.chat import Run, sse_events, sse_response
 from extensions.openai.errors import APIError
 from extensions.openai.params import check_unknown, generation_request
 from extensions.openai.schemas import CompletionRequest
-from extensions.openai.sse import KEEPALIVE, event, stream
-from extensions.openai.state import parse, serving_loader, state
+from extensions.openai.sse import stream
+from extensions.openai.state import ApiState, parse, serving_loader, state
 from modules.errors import ContextTooLong
 from modules.generation import Usage
 from modules.handle import Handle
@@ -28,9 +28,16 @@ FIM_TOKENS = (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), ("<fim_pre
 @bp.post("/v1/completions")
 def completions():
     """Text completion for one or more prompts, streamed as SSE when `stream` is true."""
-    st = state()
-    runtime = st.runtime
     req = parse(CompletionRequest)
+    run = start_completion(state(), req)
+    if req.stream:
+        return sse_response(stream(sse_events(run.chunks()), run.cancel))
+    return jsonify(run.body())
+
+
+def start_completion(st: ApiState, req: CompletionRequest) -> Run:
+    """Validate, tokenize and submit every prompt of a completion request (in the request thread)."""
+    runtime = st.runtime
     check_unknown(req, st.config.strict)
     n = req.n if req.n is not None else 1
     if req.best_of is not None and req.best_of != n:
@@ -39,48 +46,31 @@ def completions():
     prompts = [_prompt_ids(loader, p, req.suffix) for p in _prompt_list(req.prompt)]
     max_tokens = _max_tokens(req)
     echoes = [_echo(runtime, loader, ids, text, req) for ids, text in prompts] if req.echo else None
+    meta = R.ResponseMeta.new("cmpl", loader.info.name, [loader.info.dtype])
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
     if max_tokens == 0:  # echo only: score the prompt, generate nothing (lm-evaluation-harness does this)
-        return _echo_only(meta_for(loader), prompts, n, echoes, loader.token_bytes, req)
+        chunks, body = _echo_only(meta, prompts, n, echoes, loader.token_bytes, req, include_usage)
+        return Run(None, meta, loader.token_bytes, include_usage, {}, chunks, body, lambda: None)
     gens = [
         generation_request(req, ids, loader.info, runtime.settings.generation, max_tokens=max_tokens,
                            logprobs=req.logprobs)
         for ids, _ in prompts
     ]  # fmt: skip
     handles = [runtime.scheduler.submit(g) for g in gens]
-    meta = meta_for(loader)
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        chunks = completion_chunks(meta, handles, n, echoes, include_usage, loader.token_bytes, st.config.keepalive)
-        return sse_response(stream(chunks, lambda: [h.cancel() for h in handles]))
-    return jsonify(_completion_body(meta, handles, n, echoes, loader.token_bytes))
-
-
-def meta_for(loader: Loader) -> R.ResponseMeta:
-    """Ids and fingerprint for one completion response."""
-    return R.ResponseMeta.new("cmpl", loader.info.name, [loader.info.dtype])
+    keepalive = st.config.keepalive
+    return Run(
+        handle=handles[0], meta=meta, token_bytes=loader.token_bytes, include_usage=include_usage, headers={},
+        chunks=lambda: completion_chunks(meta, handles, n, echoes, include_usage, loader.token_bytes, keepalive),
+        body=lambda: _completion_body(meta, handles, n, echoes, loader.token_bytes),
+        cancel=lambda: [h.cancel() for h in handles],
+    )  # fmt: skip
 
 
 def _max_tokens(req: CompletionRequest) -> int:
     value = req.max_tokens if req.max_tokens is not None else (req.max_new_tokens or DEFAULT_MAX_TOKENS)
-    if value == 0 and not req.echo:
-        raise APIError(400, "max_tokens must be at least 1 (0 is allowed only with echo)", param="max_tokens")
-    if value < 0:
-        raise APIError(400, f"max_tokens must be at least 0, got {value}", param="max_tokens")
+    if value < 0 or (value == 0 and not req.echo):
+        raise APIError(400, f"max_tokens must be at least 1 (0 only with echo), got {value}", param="max_tokens")
     return value
-
-
-def _echo_only(meta, prompts, n: int, echoes, token_bytes, req: CompletionRequest):
-    choices = []
-    for p, (text, items) in enumerate(echoes):
-        logprobs = R.completion_logprobs(items, token_bytes, 0) if req.logprobs is not None else None
-        choices += [R.completion_choice(p * n + j, text, "length", logprobs) for j in range(n)]
-    usage = Usage(sum(len(ids) for ids, _ in prompts), 0)
-    if req.stream:
-        chunks = [event(R.completion_body(meta, choices, None, chunk=True))]
-        if req.stream_options and req.stream_options.include_usage:
-            chunks.append(event(R.completion_body(meta, [], usage)))
-        return sse_response(stream(iter(chunks), lambda: None))
-    return jsonify(R.completion_body(meta, choices, usage))
 
 
 def _prompt_list(prompt) -> list:
@@ -95,6 +85,11 @@ def _prompt_list(prompt) -> list:
 
 def _prompt_ids(loader: Loader, prompt, suffix: str | None) -> tuple[list[int], str]:
     """(token ids, prompt text) for one prompt; with `suffix`, a fill-in-the-middle prompt."""
+    if not isinstance(prompt, str):
+        bad = next((t for t in prompt if not 0 <= t < loader.info.vocab_size), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is outside the vocabulary (size {loader.info.vocab_size})",
+                           param="prompt")  # fmt: skip
     text = prompt if isinstance(prompt, str) else loader.decode(prompt, skip_special_tokens=False)
     if suffix is not None:
         return loader.encode(_fim_prompt(loader, text, suffix)), text
@@ -119,10 +114,25 @@ def _echo(runtime, loader: Loader, ids: list[int], text: str, req: CompletionReq
     top = req.logprobs
     items = runtime.scheduler.run_exclusive(lambda model: model.prompt_logprobs(ids, top))
     info = loader.info
-    if isinstance(req.prompt, str) or (isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], str)):
-        if ids and ids[0] == info.bos_token_id and not text.startswith(info.bos_token or "\x00"):
-            items = items[1:]  # a BOS the tokenizer added is not part of the echoed text
+    bos_text = info.bos_token or "\x00"
+    if isinstance(text, str) and ids and ids[0] == info.bos_token_id and not text.startswith(bos_text):
+        items = items[1:]  # a BOS the tokenizer added is not part of the echoed text
     return text, items
+
+
+def _echo_only(meta, prompts, n: int, echoes, token_bytes, req: CompletionRequest, include_usage: bool):
+    choices = []
+    for p, (text, items) in enumerate(echoes):
+        logprobs = R.completion_logprobs(items, token_bytes, 0) if req.logprobs is not None else None
+        choices += [R.completion_choice(p * n + j, text, "length", logprobs) for j in range(n)]
+    usage = Usage(sum(len(ids) for ids, _ in prompts), 0)
+
+    def chunks():
+        yield R.completion_body(meta, choices, None, chunk=include_usage)
+        if include_usage:
+            yield R.completion_body(meta, [], usage)
+
+    return chunks, lambda: R.completion_body(meta, choices, usage)
 
 
 def _completion_body(meta, handles: list[Handle], n: int, echoes, token_bytes) -> dict:
@@ -137,34 +147,33 @@ def _completion_body(meta, handles: list[Handle], n: int, echoes, token_bytes) -
             logprobs = None
             if choice.logprobs is not None:
                 logprobs = R.completion_logprobs(list(echo_lps) + list(choice.logprobs), token_bytes, 0)
-            text = echo_text + choice.text
-            choices.append(R.completion_choice(p * n + choice.index, text, R.finish_name(choice.finish_reason), logprobs))
+            finish = R.finish_name(choice.finish_reason)
+            choices.append(R.completion_choice(p * n + choice.index, echo_text + choice.text, finish, logprobs))
     return R.completion_body(meta, choices, Usage(prompt_tokens, completion_tokens))
 
 
-def completion_chunks(meta, handles, n, echoes, include_usage, token_bytes, keepalive) -> Iterator[str]:
-    """SSE events for every prompt's choices, interleaved as tokens arrive."""
-    offsets = {}
-    if echoes:
-        for p, (text, lps) in enumerate(echoes):
-            for j in range(n):
-                logprobs = R.completion_logprobs(lps, token_bytes, 0) if lps else None
-                yield event(R.completion_body(meta, [R.completion_choice(p * n + j, text, None, logprobs)], None, chunk=include_usage))
-                offsets[p * n + j] = len(text)
+def completion_chunks(meta, handles, n, echoes, include_usage, token_bytes, keepalive) -> Iterator[dict | None]:
+    """Chunk bodies for every prompt's choices, interleaved as tokens arrive (None: idle)."""
+    offsets: dict[int, int] = {}
+    for p, (text, lps) in enumerate(echoes or []):
+        for j in range(n):
+            logprobs = R.completion_logprobs(lps, token_bytes, 0) if lps else None
+            yield R.completion_body(meta, [R.completion_choice(p * n + j, text, None, logprobs)], None, include_usage)
+            offsets[p * n + j] = len(text)
     for p, delta in merge_events(handles, keepalive):
         if delta is None:
-            yield KEEPALIVE
+            yield None
             continue
         index = p * n + delta.index
         logprobs = None
         if handles[p].request.logprobs is not None:
             logprobs = R.completion_logprobs(delta.logprobs, token_bytes, offsets.get(index, 0))
         offsets[index] = offsets.get(index, 0) + len(delta.text)
-        finish = R.finish_name(delta.finish_reason)
-        yield event(R.completion_body(meta, [R.completion_choice(index, delta.text, finish, logprobs)], None, chunk=include_usage))
+        choice = R.completion_choice(index, delta.text, R.finish_name(delta.finish_reason), logprobs)
+        yield R.completion_body(meta, [choice], None, include_usage)
     if include_usage:
         usage = Usage(sum(h.usage.prompt_tokens for h in handles), sum(h.usage.completion_tokens for h in handles))
-        yield event(R.completion_body(meta, [], usage))
+        yield R.completion_body(meta, [], usage)
 
 
 def merge_events(handles: list[Handle], keepalive: float) -> Iterator[tuple[int, object]]:
@@ -203,4 +212,3 @@ def merge_events(handles: list[Handle], keepalive: float) -> Iterator[tuple[int,
     finally:
         for handle in handles:
             handle.cancel()
-

@@ -18,8 +18,20 @@ ROUTES = [
     ("get", "/v1/models/{model}", "One model", None, "OpenAI"),
     ("post", "/v1/internal/chat-prompt", "The prompt a chat request renders to", "ChatCompletionRequest", "Internal"),
     ("get", "/v1/internal/health", "Liveness, loaded model and queue", None, "Internal"),
+    ("post", "/v1/embeddings", "Embeddings (sentence-transformers; float or base64)", "EmbeddingsRequest", "OpenAI"),
+    ("post", "/v1/moderations", "Embedding-based moderation", "ModerationRequest", "OpenAI"),
+    ("post", "/v1/internal/encode", "Tokenize text", "EncodeRequest", "Internal"),
+    ("post", "/v1/internal/decode", "Detokenize ids", "DecodeRequest", "Internal"),
+    ("post", "/v1/internal/token-count", "Count tokens", "EncodeRequest", "Internal"),
+    ("post", "/v1/internal/logits", "Next-token probabilities, raw or after samplers", "LogitsRequest", "Internal"),
+    ("get", "/v1/internal/model/list", "Models in the models folder (admin)", None, "Models"),
+    ("get", "/v1/internal/model/info", "The loaded model", None, "Models"),
+    ("post", "/v1/internal/model/load", "Load a model (admin)", "LoadModelRequest", "Models"),
+    ("post", "/v1/internal/model/unload", "Unload the model (admin)", None, "Models"),
+    ("post", "/v1/internal/stop-generation", "Stop every generation (admin)", None, "Models"),
 ]
-REQUEST_MODELS = ("ChatCompletionRequest", "CompletionRequest")
+REQUEST_MODELS = ("ChatCompletionRequest", "CompletionRequest", "EmbeddingsRequest", "ModerationRequest",
+                  "EncodeRequest", "DecodeRequest", "LogitsRequest", "LoadModelRequest")  # fmt: skip
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Hearth API</title>
 <link rel="stylesheet" href="/docs/static/swagger-ui.css"></head><body><div id="ui"></div>
@@ -61,7 +73,9 @@ def openapi_document(routes) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Hearth API", "version": HEARTH_VERSION,
-                 "description": "OpenAI-compatible API with text-generation-webui extensions."},
+                 "description": "OpenAI-compatible API with text-generation-webui extensions. WebSocket streaming: "
+                                "/v1/ws/chat/completions, /v1/ws/completions (same JSON, chunks as messages, then "
+                                "[DONE]); legacy /api/v1/stream and /api/v1/chat-stream."},
         "paths": paths,
         "components": {
             "schemas": components,

@@ -5,6 +5,8 @@ import logging
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from pydantic import BaseModel
+
 from extensions.openai.errors import APIError
 from extensions.openai.schemas import SamplingFields
 from modules.config import GenerationSettings
@@ -20,9 +22,9 @@ SAMPLER_FIELDS = (
 )  # fmt: skip
 
 
-def check_unknown(req: SamplingFields, strict: bool) -> None:
+def check_unknown(req: BaseModel, strict: bool) -> None:
     """Unknown fields are logged at debug level, or a 400 with --strict-api."""
-    unknown = req.unknown_fields
+    unknown = sorted(req.model_extra or {})
     if not unknown:
         return
     if strict:

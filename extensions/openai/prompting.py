@@ -60,14 +60,20 @@ def _text_part(part: dict, i: int, j: int) -> str:
     raise APIError(400, f"content parts must be {{'type': 'text', 'text': ...}}, got type {kind!r}", param=where)
 
 
-def prompt_options(req: ChatCompletionRequest, chat: ChatSettings, reserve: int):
-    """PromptOptions from the request, with settings.yaml's chat defaults."""
+def prompt_options(req: ChatCompletionRequest, chat: ChatSettings, reserve: int, model_settings=None):
+    """PromptOptions: the request's values, else the loaded model's settings (model/load), else settings.yaml."""
     from modules.prompts import PromptOptions
 
+    if req.instruction_template or req.instruction_template_str:
+        template, template_str = req.instruction_template, req.instruction_template_str
+    else:
+        model_settings = model_settings or {}
+        template = model_settings.get("instruction_template") or chat.instruction_template or None
+        template_str = model_settings.get("instruction_template_str")
     return PromptOptions(
         mode=req.mode or chat.mode,
-        instruction_template=req.instruction_template or chat.instruction_template or None,
-        instruction_template_str=req.instruction_template_str,
+        instruction_template=template,
+        instruction_template_str=template_str,
         chat_template_str=req.chat_template_str,
         character=req.character or chat.character,
         name1=req.name1 or chat.name1,
@@ -84,5 +90,5 @@ def prompt_options(req: ChatCompletionRequest, chat: ChatSettings, reserve: int)
 def prepare_chat_prompt(runtime, req: ChatCompletionRequest, loader: Loader, max_tokens: int) -> PreparedPrompt:
     """Render the conversation with the chosen template and tokenize it; 413 if it cannot fit."""
     reserve = min(max_tokens, loader.info.context_length // 2)  # room for the reply when dropping old turns
-    options = prompt_options(req, runtime.settings.chat, reserve)
+    options = prompt_options(req, runtime.settings.chat, reserve, runtime.models.prompt_settings)
     return prepare_prompt(runtime.prompts, flatten_messages(req.messages), options, loader)

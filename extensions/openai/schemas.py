@@ -57,11 +57,6 @@ class SamplingFields(BaseModel):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-    @property
-    def unknown_fields(self) -> list[str]:
-        """Fields the client sent that Hearth does not know."""
-        return sorted(self.model_extra or {})
-
 
 class ChatMessage(BaseModel):
     """One message; content is a string or a list of parts (only text parts are supported)."""
@@ -117,3 +112,56 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     logprobs: int | None = None
     suffix: str | None = None
+
+
+EmbeddingInput = Union[str, list[str], list[int], list[list[int]]]
+
+
+class EmbeddingsRequest(BaseModel):
+    """POST /v1/embeddings."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    input: EmbeddingInput
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class ModerationRequest(BaseModel):
+    """POST /v1/moderations (text only)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    input: Union[str, list[str]]
+    model: str | None = None
+
+
+class EncodeRequest(BaseModel):
+    """POST /v1/internal/encode and /v1/internal/token-count."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    text: str
+
+
+class DecodeRequest(BaseModel):
+    """POST /v1/internal/decode."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    tokens: list[int]
+
+
+class LogitsRequest(SamplingFields):
+    """POST /v1/internal/logits: next-token candidates, raw or after the sampler settings."""
+
+    prompt: str
+    use_samplers: bool = False
+    top_logits: int = 50
+
+
+class LoadModelRequest(BaseModel):
+    """POST /v1/internal/model/load."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    model_name: str
+    args: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None

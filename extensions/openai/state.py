@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,12 +32,24 @@ class ApiConfig:
     keepalive: float = KEEPALIVE_SECONDS
 
 
-@dataclass(frozen=True)
 class ApiState:
-    """What every route needs: the runtime and the API config."""
+    """What every route needs: the runtime, the API config, and the embedding models (loaded on first use)."""
 
-    runtime: Any  # modules.runtime.Runtime
-    config: ApiConfig
+    def __init__(self, runtime, config: ApiConfig, embeddings):
+        self.runtime = runtime
+        self.config = config
+        self.embeddings = embeddings  # modules.embeddings.EmbeddingModels
+        self._moderator = None
+        self._lock = threading.Lock()
+
+    def moderator(self):
+        """The moderation scorer over the default embedding model (built once)."""
+        from modules.moderation import Moderator
+
+        with self._lock:
+            if self._moderator is None:
+                self._moderator = Moderator(self.embeddings.get(None))
+            return self._moderator
 
 
 def state() -> ApiState:
