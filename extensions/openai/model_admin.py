@@ -11,7 +11,7 @@ from modules.errors import ModelNotFound
 bp = Blueprint("model_admin", __name__)
 
 LOAD_ARGS = {"loader", "cpu", "dtype", "bf16", "trust_remote_code", "threads", "max_batch_size", "prefill_chunk",
-             "device_map"}  # fmt: skip
+             "prefix_cache_mb", "device_map"}  # fmt: skip
 PROMPT_SETTINGS = {"instruction_template", "instruction_template_str"}
 
 

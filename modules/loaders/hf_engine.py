@@ -11,11 +11,13 @@ from transformers import DynamicCache
 from modules.generation import SamplingParams, TokenLogprob
 from modules.loaders.base import ModelInfo, SequenceSpec, TokenEvent
 from modules.loaders.kv_batch import KVBatch, Row
+from modules.loaders.prefix_cache import PrefixCache
 from modules.loaders.sampling import apply_bias_and_bans, apply_penalties, filter_logits, sample, top_logprobs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFILL_CHUNK = 512
+DEFAULT_PREFIX_CACHE_MB = 1024
 
 
 class HFEngine:
@@ -28,12 +30,21 @@ class HFEngine:
         self.prefill_chunk = int(options.get("prefill_chunk") or DEFAULT_PREFILL_CHUNK)
         self.batch = KVBatch()
         self.prefilling: deque[Row] = deque()
+        budget = int(options.get("prefix_cache_mb", DEFAULT_PREFIX_CACHE_MB)) * 1024 * 1024
+        self.prefix_cache = PrefixCache(budget) if budget > 0 and _plain_attention(model.config) else None
+        self.reused_tokens = 0  # total prompt tokens served from the prefix cache (for stats and tests)
 
     def start(self, spec: SequenceSpec) -> None:
         """Queue a sequence for prefill."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(spec.seed % (2**64))
-        self.prefilling.append(Row(spec=spec, generator=generator, tokens=list(spec.prompt_ids)))
+        row = Row(spec=spec, generator=generator, tokens=list(spec.prompt_ids))
+        if self.prefix_cache is not None:
+            reused, kv = self.prefix_cache.lookup(spec.prompt_ids)
+            if reused:
+                row.cache, row.cached = DynamicCache(kv), reused
+                self.reused_tokens += reused
+        self.prefilling.append(row)
 
     def active(self) -> int:
         """Sequences prefilling or decoding."""
@@ -48,14 +59,22 @@ class HFEngine:
         return events
 
     def release(self, seq_id: int) -> None:
-        """Forget a sequence wherever it is."""
-        if self.batch.remove(seq_id) is None:
+        """Forget a sequence wherever it is; keep its keys/values for a later prompt that extends it."""
+        index = self.batch.index_of(seq_id)
+        if index is None:
             self.prefilling = deque(r for r in self.prefilling if r.seq_id != seq_id)
+            return
+        if self.prefix_cache is not None:
+            row = self.batch.rows[index]
+            self.prefix_cache.put(row.tokens[: row.cached], self.batch.row_kv(index))
+        self.batch.remove(seq_id)
 
     def reset(self) -> None:
         """Drop every sequence (after an error that left the batch in an unknown state)."""
         self.batch = KVBatch()
         self.prefilling.clear()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def close(self) -> None:
         """Drop the model and all caches."""
@@ -151,3 +170,10 @@ class HFEngine:
             logprobs = torch.log_softmax(logits, -1)
             logprob = TokenLogprob(token, float(logprobs[token]), tuple(top_logprobs(logprobs, spec.logprobs)))
         return TokenEvent(row.seq_id, token, logprob)
+
+
+def _plain_attention(config) -> bool:
+    """True when every layer is full attention, so cached keys/values can be cut and merged freely."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kinds = set(getattr(text, "layer_types", None) or ["full_attention"])
+    return kinds == {"full_attention"} and not getattr(text, "sliding_window", None)

@@ -64,9 +64,13 @@ class KVBatch:
         self.mask = torch.cat([F.pad(self.mask, (new_width - width, 0)), new_mask])
         self.rows.append(row)
 
+    def index_of(self, seq_id: int) -> int | None:
+        """Position of a sequence in the batch, or None."""
+        return next((i for i, r in enumerate(self.rows) if r.seq_id == seq_id), None)
+
     def remove(self, seq_id: int) -> Row | None:
         """Take a row out of the batch; returns it, or None if it is not here."""
-        index = next((i for i, r in enumerate(self.rows) if r.seq_id == seq_id), None)
+        index = self.index_of(seq_id)
         if index is None:
             return None
         row = self.rows.pop(index)

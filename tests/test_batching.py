@@ -1,0 +1,128 @@
+"""Continuous batching and prefix reuse (not timed: behaviour only)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from modules.generation import FinishReason, GenerationRequest, SamplingParams
+
+GREEDY = SamplingParams(temperature=0)
+PROMPTS = [f"Request number {i}: the quick brown fox" + " jumps" * i for i in range(8)]
+
+
+def greedy(loader, text, **kwargs):
+    kwargs.setdefault("max_tokens", 20)
+    return GenerationRequest(tuple(loader.encode(text)), GREEDY, ban_eos=True, **kwargs)
+
+
+def test_eight_concurrent_greedy_equal_solo(served):
+    scheduler, loader = served
+    solo = [scheduler.submit(greedy(loader, p)).result().choices[0].text for p in PROMPTS]
+    handles = [scheduler.submit(greedy(loader, p)) for p in PROMPTS]  # all admitted into one batch
+    assert [h.result().choices[0].text for h in handles] == solo
+
+
+def test_requests_join_a_running_batch(llama, scheduler):
+    scheduler.set_loader(llama)
+    long = scheduler.submit(greedy(llama, PROMPTS[0], max_tokens=200))
+    events = long.events()
+    next(events)
+    late = scheduler.submit(greedy(llama, PROMPTS[1], max_tokens=5))
+    late_text = late.result().choices[0].text  # finishes while the long one is still running
+    assert scheduler.stats()["active"] == 1
+    assert late_text == scheduler.submit(greedy(llama, PROMPTS[1], max_tokens=5)).result().choices[0].text
+    long.cancel()
+
+
+def test_cancelled_request_leaves_and_others_finish(llama, scheduler):
+    scheduler.set_loader(llama)
+    solo = [scheduler.submit(greedy(llama, p, max_tokens=30)).result().choices[0].text for p in PROMPTS[:4]]
+    handles = [scheduler.submit(greedy(llama, p, max_tokens=30)) for p in PROMPTS[:4]]
+    victim = handles[1].events()
+    next(victim)
+    handles[1].cancel()
+    results = [h.result() for i, h in enumerate(handles) if i != 1]
+    assert [r.choices[0].text for r in results] == [solo[0], solo[2], solo[3]]
+    assert llama.active() == 0
+
+
+def test_max_batch_size_is_respected(llama_dir, scheduler):
+    from modules.loaders.transformers_loader import TransformersLoader
+
+    loader = TransformersLoader.load(llama_dir, "tiny-llama", {"max_batch_size": 2, "threads": 2})
+    scheduler.set_loader(loader)
+    peak = []
+    handles = [scheduler.submit(greedy(loader, p, max_tokens=15)) for p in PROMPTS[:5]]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak.append(loader.active())
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    for h in handles:
+        h.result()
+    done.set()
+    watcher.join()
+    assert max(peak) <= 2
+
+
+def test_prefix_reuse_gives_cold_text(llama_dir):
+    from modules.loaders.transformers_loader import TransformersLoader
+    from modules.scheduler import Scheduler
+
+    history = "The system prompt says: you are a helpful assistant. " * 6
+    turn1, turn2 = history + "User: hi", history + "User: hi Assistant:"
+    cold_loader = TransformersLoader.load(llama_dir, "m", {"prefix_cache_mb": 0, "threads": 2})
+    warm_loader = TransformersLoader.load(llama_dir, "m", {"threads": 2})
+    texts = []
+    for loader in (cold_loader, warm_loader):
+        scheduler = Scheduler()
+        scheduler.set_loader(loader)
+        first = scheduler.submit(greedy(loader, turn1, max_tokens=5)).result()
+        second = scheduler.submit(greedy(loader, turn2, max_tokens=12)).result()
+        texts.append((first.choices[0].text, second.choices[0].text))
+        scheduler.close()
+    assert texts[0] == texts[1]
+    assert cold_loader.engine.reused_tokens == 0
+    assert warm_loader.engine.reused_tokens >= len(warm_loader.encode(turn1)) - 1
+
+
+def test_queue_full_is_503_with_retry_after(models_root):
+    from conftest import LiveServer, make_runtime
+    from extensions.openai.app import create_app
+
+    runtime = make_runtime(models_root, **{"model.max_queue": 1, "model.max_batch_size": 1})
+    runtime.models.load("tiny-llama")
+    server = LiveServer(create_app(runtime))
+    try:
+        runtime.scheduler.pause()  # nothing is admitted, so the queue fills
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        waiting = threading.Thread(target=requests.post, args=(server.url("/v1/chat/completions"),),
+                                   kwargs={"json": body, "timeout": 60})  # fmt: skip
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while runtime.scheduler.stats()["waiting"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        full = requests.post(server.url("/v1/chat/completions"), json=body, timeout=60)
+        assert full.status_code == 503 and full.headers["Retry-After"] == "1"
+        assert full.json()["error"]["code"] == "queue_full"
+        runtime.scheduler.resume()
+        waiting.join(60)
+    finally:
+        server.stop()
+        runtime.close()
+
+
+@pytest.mark.parametrize("n", [3])
+def test_n_choices_share_the_batch(served, n):
+    scheduler, loader = served
+    result = scheduler.submit(greedy(loader, PROMPTS[2], max_tokens=10, n=n)).result()
+    texts = {c.text for c in result.choices}
+    assert len(result.choices) == n and len(texts) == 1  # greedy: every choice is the same
+    assert all(c.finish_reason is FinishReason.LENGTH for c in result.choices)
