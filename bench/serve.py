@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Serving benchmark: Hearth's streaming API against raw generate(), Hearth without batching, and
+`transformers serve --continuous-batching`, measured side by side in one run on the same model.
+
+    python bench/serve.py                     # builds a random ~60M Llama (CPU, fp32) and runs everything
+    python bench/serve.py --shape 1b --device cuda --dtype bfloat16 --concurrency 1,8,32
+
+Writes bench/results/serve-latest.{md,json,png} (and a timestamped copy of the Markdown).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_model import build, prompt_text  # noqa: E402
+from load import run_level, stream_once  # noqa: E402
+from report import write_report  # noqa: E402
+from servers import start_hearth, start_transformers_serve  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="a Hugging Face model folder (default: build a random model of --shape)")
+    p.add_argument("--shape", default="60m", choices=["60m", "1b"], help="random model shape (default 60m)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", help="weights dtype for the random model and the servers")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for every server (default 2)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per request, pinned (default 64)")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length (default 32)")
+    p.add_argument("--concurrency", default="1,2,4,8,16", help="client counts (default 1,2,4,8,16)")
+    p.add_argument("--rounds", type=int, default=2, help="requests per client per level (default 2)")
+    p.add_argument("--max-batch", type=int, default=16, help="Hearth's --max-batch-size (default 16)")
+    p.add_argument("--history", default="256,1024", help="chat history lengths for the second-turn test")
+    p.add_argument("--skip-transformers-serve", action="store_true", help="do not run the transformers peer")
+    p.add_argument("--skip-unbatched", action="store_true", help="do not run Hearth with batching off")
+    p.add_argument("--out", default=str(HERE / "results"), help="results folder (default bench/results)")
+    return p.parse_args(argv)
+
+
+def chat_body(args, extra: dict, model: str):
+    """A body factory: request i gets a distinct prompt of --prompt-tokens words."""
+
+    def make(i: int) -> dict:
+        messages = [{"role": "user", "content": prompt_text(args.prompt_tokens, offset=i * 97)}]
+        return {"model": model, "messages": messages, "max_tokens": args.max_new_tokens, "temperature": 0,
+                "stream": True, **extra}  # fmt: skip
+
+    return make
+
+
+HEARTH_EXTRA = {"ignore_eos": True, "stream_options": {"include_usage": True}}
+
+
+def hf_extra(args) -> dict:
+    config = {"max_new_tokens": args.max_new_tokens, "min_new_tokens": args.max_new_tokens, "do_sample": False}
+    return {"generation_config": json.dumps(config)}
+
+
+def measure_generate(model_path: Path, args) -> float:
+    """Tokens/s of the model's own generate() at batch 1, prompt and length as the API runs (best of 3)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(args.device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    messages = [{"role": "user", "content": prompt_text(args.prompt_tokens)}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)], device=args.device)
+    n = args.max_new_tokens
+    best = 0.0
+    with torch.inference_mode():
+        for _ in range(4):  # the first run warms up
+            start = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = max(best, (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
+    del model
+    return best
+
+
+def run_server_levels(url: str, make_body, args, levels: list[int]) -> dict:
+    """Warm up, then every concurrency level; returns {clients: LevelResult}."""
+    for i in range(2):
+        stream_once(url + "/chat/completions", make_body(10_000 + i))
+    return {c: run_level(url + "/chat/completions", make_body, c, args.rounds) for c in levels}
+
+
+def second_turn_ttft(url: str, history_tokens: int) -> float:
+    """Time to first token of a chat's second turn, after a first turn with `history_tokens` of history."""
+    system = {"role": "system", "content": prompt_text(history_tokens, offset=7)}
+    first = [system, {"role": "user", "content": "w11 w12 w13"}]
+    body = {"max_tokens": 16, "temperature": 0, "stream": True, "ignore_eos": True}
+    reply = ""
+    import requests
+
+    with requests.post(url + "/chat/completions", json={**body, "messages": first, "stream": False}, timeout=600) as r:
+        reply = r.json()["choices"][0]["message"]["content"]
+    second = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "w21 w22 w23"}]
+    return stream_once(url + "/chat/completions", {**body, "messages": second}).ttft
+
+
+def main(argv=None) -> int:
+    """Run every measurement and write the report."""
+    args = parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    histories = [int(h) for h in args.history.split(",")]
+    if args.model:
+        model_path = Path(args.model).resolve()
+    else:
+        model_path = build(HERE / ".cache" / f"random-{args.shape}-{args.dtype}", args.shape, args.dtype, args.device)
+    results: dict = {"args": vars(args), "model": str(model_path), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(f"model: {model_path}", flush=True)
+    results["generate_tps"] = measure_generate(model_path, args)
+    print(f"raw generate(): {results['generate_tps']:.1f} tok/s", flush=True)
+    hearth_body = chat_body(args, HEARTH_EXTRA, model_path.name)
+    runs = [("hearth", args.max_batch, 1024)]
+    if not args.skip_unbatched:
+        runs.append(("hearth-unbatched", 1, 1024))
+    for name, max_batch, prefix_mb in runs:
+        process, url = start_hearth(model_path.parent, model_path.name, max_batch=max_batch, threads=args.threads,
+                                    prefix_cache_mb=prefix_mb, dtype=args.dtype)  # fmt: skip
+        try:
+            results[name] = run_server_levels(url, hearth_body, args, levels)
+            if name == "hearth":
+                results["second_turn"] = {h: second_turn_ttft(url, h) for h in histories}
+        finally:
+            process.stop()
+        print(f"{name}: " + ", ".join(f"{c}: {r.aggregate:.0f} tok/s" for c, r in results[name].items()), flush=True)
+    process, url = start_hearth(model_path.parent, model_path.name, max_batch=args.max_batch, threads=args.threads,
+                                prefix_cache_mb=0, dtype=args.dtype)  # fmt: skip
+    try:
+        stream_once(url + "/chat/completions", hearth_body(0))
+        results["second_turn_cold"] = {h: second_turn_ttft(url, h) for h in histories}
+    finally:
+        process.stop()
+    if not args.skip_transformers_serve:
+        process, url = start_transformers_serve(model_path, args.threads, args.device)
+        try:
+            results["transformers-serve"] = run_server_levels(url, chat_body(args, hf_extra(args), str(model_path)), args, levels)
+        finally:
+            process.stop()
+        print("transformers serve: " + ", ".join(
+            f"{c}: {r.aggregate:.0f} tok/s" for c, r in results["transformers-serve"].items()), flush=True)
+    print(write_report(results, Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
