@@ -255,9 +255,10 @@ class Scheduler:
             self._finish(seq, reason)
 
     def _finish(self, seq: _Seq, reason: FinishReason) -> None:
-        seq.handle.inbox.put(FinishItem(seq.index, reason))
+        # Free the slot first, so whoever sees the finish also sees the capacity it released.
         self._loader.release(seq.seq_id)
         self._forget(seq)
+        seq.handle.inbox.put(FinishItem(seq.index, reason))
 
     def _forget(self, seq: _Seq) -> None:
         with self._cond:

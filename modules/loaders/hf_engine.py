@@ -6,11 +6,10 @@ from collections import deque
 from typing import Any, Mapping, Sequence
 
 import torch
-from transformers import DynamicCache
 
 from modules.generation import SamplingParams, TokenLogprob
 from modules.loaders.base import ModelInfo, SequenceSpec, TokenEvent
-from modules.loaders.kv_batch import KVBatch, Row
+from modules.loaders.kv_batch import KVBatch, Row, new_cache
 from modules.loaders.prefix_cache import PrefixCache
 from modules.loaders.sampling import apply_bias_and_bans, apply_penalties, filter_logits, sample, top_logprobs
 
@@ -42,7 +41,7 @@ class HFEngine:
         if self.prefix_cache is not None:
             reused, kv = self.prefix_cache.lookup(spec.prompt_ids)
             if reused:
-                row.cache, row.cached = DynamicCache(kv), reused
+                row.cache, row.cached = new_cache(kv), reused
                 self.reused_tokens += reused
         self.prefilling.append(row)
 
@@ -128,7 +127,7 @@ class HFEngine:
     def _prefill_chunk(self) -> list[TokenEvent]:
         row = self.prefilling[0]
         if row.cache is None:
-            row.cache = DynamicCache()
+            row.cache = new_cache()
         chunk = row.tokens[row.cached : row.cached + self.prefill_chunk]
         try:
             out = self.model(

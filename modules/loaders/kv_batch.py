@@ -11,8 +11,70 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from modules.loaders.base import SequenceSpec
+
+
+class GrowableLayer(DynamicLayer):
+    """A cache layer whose keys/values sit in a buffer with spare room, so each decode step writes in place.
+
+    DynamicLayer concatenates (allocating and copying the whole cache) on every step; here a step writes one
+    column. Any outside change (rows removed, columns trimmed) is noticed and the buffer is rebuilt once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kbuf: torch.Tensor | None = None  # [B, heads, capacity, head_dim]
+        self._vbuf: torch.Tensor | None = None
+
+    @classmethod
+    def holding(cls, keys: torch.Tensor, values: torch.Tensor) -> "GrowableLayer":
+        """A layer that starts with these keys/values."""
+        layer = cls()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        return layer
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        """Append key_states/value_states [B, heads, n, head_dim]; return all keys/values so far."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]
+        used = self.keys.shape[-2]
+        need = used + key_states.shape[-2]
+        if not self._owns_view(need):
+            self._rebuffer(need)
+        self._kbuf[:, :, used:need] = key_states
+        self._vbuf[:, :, used:need] = value_states
+        self.keys, self.values = self._kbuf[:, :, :need], self._vbuf[:, :, :need]
+        return self.keys, self.values
+
+    def _owns_view(self, need: int) -> bool:
+        buf = self._kbuf
+        return (
+            buf is not None and self.keys.data_ptr() == buf.data_ptr()
+            and self.keys.shape[0] == buf.shape[0] and need <= buf.shape[2]
+        )  # fmt: skip
+
+    def _rebuffer(self, need: int) -> None:
+        batch, heads, used, dim = self.keys.shape
+        capacity = need + max(64, need // 4)  # amortises growth; at most a quarter spare
+        self._kbuf = self.keys.new_empty(batch, heads, capacity, dim)
+        self._vbuf = self.values.new_empty(batch, heads, capacity, self.values.shape[-1])
+        self._kbuf[:, :, :used] = self.keys
+        self._vbuf[:, :, :used] = self.values
+
+
+def new_cache(kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> DynamicCache:
+    """A DynamicCache made of GrowableLayers, empty or holding `kv` (per layer keys, values)."""
+    cache = DynamicCache()
+    if kv:
+        cache.layers = [GrowableLayer.holding(k, v) for k, v in kv]
+        cache.layer_class_to_replicate = None
+    else:
+        cache.layer_class_to_replicate = GrowableLayer
+    return cache
 
 
 @dataclass(eq=False)
@@ -58,7 +120,7 @@ class KVBatch:
             keys = torch.cat([_left_pad(old_layer.keys, new_width), _left_pad(new_layer.keys, new_width)])
             values = torch.cat([_left_pad(old_layer.values, new_width), _left_pad(new_layer.values, new_width)])
             layers.append((keys, values))
-        self.cache = DynamicCache(layers)
+        self.cache = new_cache(layers)
         new_mask = torch.zeros(1, new_width, dtype=torch.long, device=self.mask.device)
         new_mask[:, new_width - length :] = 1
         self.mask = torch.cat([F.pad(self.mask, (new_width - width, 0)), new_mask])
