@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from modules.errors import HearthError, ModelChanged, ModelNotLoaded, QueueFull, ServerShuttingDown
+from modules.errors import ModelChanged, ModelNotLoaded, QueueFull, ServerShuttingDown
 from modules.generation import FinishReason, GenerationRequest
 from modules.handle import ErrorItem, FinishItem, Handle, TokenItem, failed
 from modules.loaders.base import Loader, SequenceSpec, TokenEvent

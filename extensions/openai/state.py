@@ -5,7 +5,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError

@@ -11,7 +11,8 @@ from modules.generation import SamplingParams, TokenLogprob
 from modules.loaders.base import ModelInfo, SequenceSpec, TokenEvent
 from modules.loaders.kv_batch import KVBatch, Row, new_cache
 from modules.loaders.prefix_cache import PrefixCache
-from modules.loaders.sampling import apply_bias_and_bans, apply_penalties, filter_logits, sample, top_logprobs
+from modules.loaders.batch_sampling import choose_tokens
+from modules.loaders.sampling import apply_bias_and_bans, apply_penalties, filter_logits, top_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,9 @@ class HFEngine:
     def _decode(self) -> list[TokenEvent]:
         inputs = self.batch.decode_inputs()
         out = self.model(**inputs, past_key_values=self.batch.cache, use_cache=True)
-        logits = out.logits[:, -1, :].float()  # [B, V]
-        events = []
-        for row, row_logits in zip(self.batch.rows, logits):
+        for row in self.batch.rows:
             row.cached += 1
-            events.append(self._choose(row, row_logits))
-        return events
+        return choose_tokens(self.batch.rows, out.logits[:, -1, :].float())  # logits: [B, V]
 
     def _prefill_chunk(self) -> list[TokenEvent]:
         row = self.prefilling[0]
@@ -144,31 +142,9 @@ class HFEngine:
         if row.cached < len(row.tokens):
             return []  # more chunks to go; the batch decodes in between
         self.prefilling.popleft()
-        event = self._choose(row, out.logits[0, -1].float())
+        (event,) = choose_tokens([row], out.logits[:, -1, :].float())
         self.batch.add(row)
         return [event]
-
-    def _choose(self, row: Row, logits: torch.Tensor) -> TokenEvent:
-        """Sample the row's next token from raw logits [V]; record it and its logprob."""
-        spec = row.spec
-        params = spec.sampling
-        banned = spec.banned_ids
-        if len(row.generated) < spec.suppress_until:
-            banned = banned + spec.suppress_ids
-        processed = apply_bias_and_bans(logits, dict(params.logit_bias), banned)
-        if params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
-            context = torch.tensor(row.tokens, device=logits.device)
-            generated = context[len(spec.prompt_ids) :]
-            processed = apply_penalties(processed, params, context, generated)
-        token = sample(processed, params, row.generator)
-        row.tokens.append(token)
-        row.generated.append(token)
-        logprob = None
-        if spec.logprobs is not None:
-            # Logprobs report the model's own distribution, before any sampler setting (as vLLM does).
-            logprobs = torch.log_softmax(logits, -1)
-            logprob = TokenLogprob(token, float(logprobs[token]), tuple(top_logprobs(logprobs, spec.logprobs)))
-        return TokenEvent(row.seq_id, token, logprob)
 
 
 def _plain_attention(config) -> bool:
