@@ -88,8 +88,7 @@ class ModelManager:
     def unload(self) -> bool:
         """Unload the serving model (after running requests finish); False if none was loaded."""
         with self._lock:
-            old = self._detach()
-            self.scheduler.resume()
+            old = self._swap(None)
             self.entry = None
             self.prompt_settings = MappingProxyType({})
             if old is None:
@@ -110,23 +109,22 @@ class ModelManager:
             raise
         except Exception as exc:  # an unexpected loader failure is still a load error to the caller
             raise ModelLoadError(f"{entry.name}: {type(exc).__name__}: {exc}") from exc
-        old = self._detach()
-        self.scheduler.set_loader(new)
-        self.scheduler.resume()
+        old = self._swap(new)
         if old is not None:
             old.unload()
         self.entry, self.load_options = entry, options
         log.info("%s ready in %.1f s", entry.name, time.monotonic() - started)
         return new.info
 
-    def _detach(self) -> Loader | None:
-        """Pause admission, let running requests finish (cancel after swap_timeout), take the model off."""
-        if self.scheduler.loader is None:
-            return None
+    def _swap(self, new: Loader | None) -> Loader | None:
+        """Pause admission, let running requests finish (cancel after swap_timeout), put `new` in place at once."""
         self.scheduler.pause()
-        if not self.scheduler.wait_idle(self.settings.swap_timeout):
-            log.warning("cancelled running requests after %.0f s to swap models", self.settings.swap_timeout)
-        return self.scheduler.set_loader(None)
+        try:
+            if self.scheduler.loader is not None and not self.scheduler.wait_idle(self.settings.swap_timeout):
+                log.warning("cancelled running requests after %.0f s to swap models", self.settings.swap_timeout)
+            return self.scheduler.set_loader(new)
+        finally:
+            self.scheduler.resume()
 
 
 def ensure_known(manager: ModelManager, name: str) -> ModelEntry:

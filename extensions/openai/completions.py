@@ -44,6 +44,10 @@ def start_completion(st: ApiState, req: CompletionRequest) -> Run:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
     loader = serving_loader(req.model)
     prompts = [_prompt_ids(loader, p, req.suffix) for p in _prompt_list(req.prompt)]
+    context = loader.info.context_length
+    for ids, _ in prompts:
+        if len(ids) >= context:
+            raise ContextTooLong(f"the prompt is {len(ids)} tokens but the model's context is {context}", param="prompt")
     max_tokens = _max_tokens(req)
     echoes = [_echo(runtime, loader, ids, text, req) for ids, text in prompts] if req.echo else None
     meta = R.ResponseMeta.new("cmpl", loader.info.name, [loader.info.dtype])
@@ -109,8 +113,6 @@ def _echo(runtime, loader: Loader, ids: list[int], text: str, req: CompletionReq
     """The prompt text to echo and, when logprobs are asked, each prompt token's logprob."""
     if req.logprobs is None:
         return text, []
-    if len(ids) >= loader.info.context_length:
-        raise ContextTooLong(f"the prompt is {len(ids)} tokens, over the model's context", param="prompt")
     top = req.logprobs
     items = runtime.scheduler.run_exclusive(lambda model: model.prompt_logprobs(ids, top))
     info = loader.info
