@@ -1,0 +1,1 @@
+"""The Gradio browser UI: the only package that imports gradio. Entry points: app.build_ui, app.launch_ui."""

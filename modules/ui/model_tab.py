@@ -1,0 +1,134 @@
+"""The Model tab: the models folder, load and unload with progress, loader options, the detected template."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from modules.chat import detected_template
+from modules.cli import DTYPE_CHOICES
+from modules.errors import HearthError
+from modules.loaders import LOADERS
+
+PROGRESS_EVERY = 0.5  # seconds between progress lines while a model loads
+SOURCES = {
+    "model": "the model's own chat template",
+    "guess": "guessed from the folder name (models/config.yaml)",
+    "fallback": "no template found: the Alpaca fallback",
+    "request": "chosen in settings or when the model was loaded",
+    "request-string": "a custom template given when the model was loaded",
+}
+
+
+@dataclass
+class ModelTab:
+    """The tab's components."""
+
+    model: gr.Dropdown
+    refresh: gr.Button
+    loader: gr.Dropdown
+    dtype: gr.Dropdown
+    cpu: gr.Checkbox
+    trust_remote_code: gr.Checkbox
+    threads: gr.Number
+    max_batch_size: gr.Number
+    load: gr.Button
+    unload: gr.Button
+    status: gr.Markdown
+
+
+def build(runtime) -> ModelTab:
+    """Lay out the tab; option defaults come from settings.yaml's model section."""
+    settings = runtime.settings.model
+    entry = runtime.models.entry
+    with gr.Row():
+        model = gr.Dropdown(_choices(runtime), value=entry.name if entry else None, label="Model", scale=4,
+                            elem_id="model-select", info=f"Models in {settings.model_dir}/")  # fmt: skip
+        refresh = gr.Button("Refresh", elem_id="model-refresh", scale=0, min_width=80)
+    with gr.Row():
+        load = gr.Button("Load", variant="primary", elem_id="model-load")
+        unload = gr.Button("Unload", elem_id="model-unload")
+    with gr.Accordion("Loader options", open=True):
+        with gr.Row():
+            loader = gr.Dropdown(["auto", *sorted(LOADERS)], value=settings.loader or "auto", label="loader")
+            dtype = gr.Dropdown(list(DTYPE_CHOICES), value=settings.dtype, label="dtype")
+            threads = gr.Number(settings.threads, precision=0, minimum=0, label="CPU threads (0 = all)")
+            max_batch = gr.Number(settings.max_batch_size, precision=0, minimum=1, label="max batch size")
+        with gr.Row():
+            cpu = gr.Checkbox(settings.cpu, label="cpu (stay on the CPU even with a GPU)")
+            trust = gr.Checkbox(settings.trust_remote_code, label="trust-remote-code")
+    status = gr.Markdown(model_status(runtime), elem_id="model-status")
+    return ModelTab(model, refresh, loader, dtype, cpu, trust, threads, max_batch, load, unload, status)
+
+
+def wire(runtime, tab: ModelTab) -> list:
+    """Connect the buttons; returns the events after which the loaded model may have changed."""
+
+    def load(name, loader, dtype, cpu, trust, threads, max_batch):
+        if not name:
+            yield "Pick a model first."
+            return
+        options = {"loader": None if loader == "auto" else loader, "dtype": dtype, "cpu": bool(cpu),
+                   "trust_remote_code": bool(trust), "threads": int(threads or 0),
+                   "max_batch_size": max(int(max_batch or 1), 1)}  # fmt: skip
+        yield from _load_with_progress(runtime, name, options)
+
+    def unload():
+        name = runtime.models.entry.name if runtime.models.entry else None
+        runtime.models.unload()
+        return f"Unloaded **{name}**." if name else "No model was loaded."
+
+    options = [tab.loader, tab.dtype, tab.cpu, tab.trust_remote_code, tab.threads, tab.max_batch_size]
+    tab.refresh.click(lambda: gr.update(choices=_choices(runtime)), outputs=tab.model)
+    loaded = tab.load.click(load, inputs=[tab.model, *options], outputs=tab.status, concurrency_limit=1)
+    unloaded = tab.unload.click(unload, outputs=tab.status, concurrency_limit=1)
+    return [loaded, unloaded]
+
+
+def _load_with_progress(runtime, name: str, options: dict):
+    """Load on a helper thread and report the seconds spent until it is done."""
+    outcome: dict = {}
+
+    def work():
+        try:
+            runtime.models.load(name, options)
+        except HearthError as exc:
+            outcome["error"] = exc.message
+        except Exception as exc:  # shown in the tab instead of a bare "Error"
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    started = time.monotonic()
+    thread = threading.Thread(target=work, name="ui-model-load", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        yield f"Loading **{name}**… {time.monotonic() - started:.0f} s"
+        thread.join(PROGRESS_EVERY)
+    if "error" in outcome:
+        yield f"Could not load **{name}**: {outcome['error']}\n\n" + model_status(runtime)
+    else:
+        yield f"Loaded **{name}** in {time.monotonic() - started:.1f} s.\n\n" + model_status(runtime)
+
+
+def model_status(runtime) -> str:
+    """What is loaded, on what, and which instruction template its prompts use."""
+    info = runtime.models.info
+    if info is None:
+        return "No model is loaded. Pick one above and press **Load**."
+    try:
+        found = detected_template(runtime)
+    except HearthError as exc:
+        found = None
+        template = f"none usable ({exc.message})"
+    if found is not None:
+        name, source = found
+        template = f"**{name}** ({SOURCES.get(source, source)})"
+    return (
+        f"Loaded: **{info.name}** · loader {info.loader} · {info.device} · {info.dtype} · "
+        f"context {info.context_length} tokens\n\nInstruction template: {template}"
+    )
+
+
+def _choices(runtime) -> list[str]:
+    return [entry.name for entry in runtime.models.list()]
