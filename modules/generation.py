@@ -83,6 +83,7 @@ class GenerationRequest:
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: also the top k alternatives
     model_id: str | None = None  # the model the prompt was tokenized for; a swap in between is refused
     skip_special_tokens: bool = True
+    trim_leading_space: bool = False  # drop spaces at the start of each choice's text (chat-mode replies)
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Raise InvalidParameter naming the first invalid field."""

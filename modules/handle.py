@@ -55,7 +55,8 @@ class Handle:
         self._cancel_seqs = cancel
         skip = request.skip_special_tokens
         self._choices = [
-            ChoiceText(IncrementalDetokenizer(lambda ids: decode(ids, skip)), StopMatcher(request.stop))
+            ChoiceText(IncrementalDetokenizer(lambda ids: decode(ids, skip)), StopMatcher(request.stop),
+                       trim_start=request.trim_leading_space)
             for _ in self.seq_ids
         ]
         self._counts = [0] * len(self.seq_ids)

@@ -98,7 +98,8 @@ class ChoiceText:
 
     detok: IncrementalDetokenizer
     stops: StopMatcher
-    emitted: int = 0  # chars given to the client
+    trim_start: bool = False  # drop leading spaces until the first other character
+    emitted: int = 0  # chars given to the client (dropped leading spaces included, to keep offsets aligned)
     decoded: int = 0  # chars out of the detokenizer
     pending: list[_Pending] = field(default_factory=list)
 
@@ -111,9 +112,7 @@ class ChoiceText:
         """Flush everything held at the end of generation."""
         text, released, stopped = self._emit(self.detok.flush(), check_stops)
         if not stopped:
-            tail = self.stops.flush()
-            self.emitted += len(tail)
-            text += tail
+            text += self._out(self.stops.flush())
             released += [p.item for p in self.pending]
             self.pending.clear()
         return text, released, stopped
@@ -128,7 +127,7 @@ class ChoiceText:
             text, stopped = self.stops.feed(piece)
         else:  # before min_tokens stop strings do not count: emit straight through
             text, stopped = self.stops.flush() + piece, False
-        self.emitted += len(text)
+        text = self._out(text)
         if stopped:
             # Tokens whose text begins before the stop string go out; the stop string's own do not.
             released = [p.item for p in self.pending if p.start < self.emitted]
@@ -138,3 +137,11 @@ class ChoiceText:
         while self.pending and self.pending[0].end is not None and self.pending[0].end <= self.emitted:
             released.append(self.pending.pop(0).item)
         return text, released, False
+
+    def _out(self, text: str) -> str:
+        """Count `text` as given out and return what the client sees of it."""
+        self.emitted += len(text)
+        if self.trim_start and text:
+            text = text.lstrip(" ")
+            self.trim_start = not text
+        return text

@@ -47,7 +47,8 @@ def test_admin_key_guards_management(admin_api):
     assert get(server, "/v1/internal/model/list", USER).status_code == 401
     assert post(server, "/v1/internal/model/unload", headers=USER).status_code == 401
     assert get(server, "/v1/internal/model/info", USER).status_code == 200
-    assert get(server, "/v1/internal/model/list").json()["model_names"] == ["broken", "tiny-gpt2", "tiny-llama"]
+    assert get(server, "/v1/internal/model/list").json()["model_names"] == [
+        "broken", "tiny-gpt2", "tiny-llama", "hearth-demo"]  # the models folder, then the built-in demo model
 
 
 def test_info_reports_model_and_template(admin_api):

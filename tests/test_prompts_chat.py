@@ -137,6 +137,8 @@ def test_chat_mode(store):
     assert result.text == "The AI helps You.\n\nAI: Hello there.\nYou: Hi\nAI: Hello\nYou: How are you?\nAI:"
     assert (result.template_name, result.template_source) == ("chat", "default")
     assert result.stop == ("\nAI:", "\nYou:")
+    assert result.trim_reply_start  # "AI:" makes models begin with a space, which the reply drops
+    assert not store.render(HISTORY, PromptOptions(), model()).trim_reply_start  # instruct mode keeps it
 
 
 def test_chat_mode_overrides(store):
@@ -173,8 +175,9 @@ def test_chat_instruct_mode(store):
         "<|im_start|>system\nStay in character.<|im_end|>\n"
         "<|im_start|>user\nContinue the chat dialogue below. Write a single reply for the character \"AI\".\n\n"
         "The AI helps You.\n\nAI: Hello there.\nYou: Hi\nAI: Hello\nYou: How are you?\n<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>assistant\nAI:"  # the reply opens with the bot's name, as in text-generation-webui
     )
+    assert result.trim_reply_start
     assert (result.template_name, result.template_source) == ("ChatML", "request")
     assert result.stop == ("<|im_end|>", "\nAI:", "\nYou:")
 
@@ -219,8 +222,9 @@ def test_continue_chat_instruct(store):
     messages = HISTORY + [{"role": "assistant", "content": "Doing"}]
     options = PromptOptions(mode="chat-instruct", instruction_template="ChatML", continue_=True)
     result = store.render(messages, options, model())
-    assert result.text.endswith("You: How are you?\n<|im_end|>\n<|im_start|>assistant\nDoing")
-    assert "AI: Doing" not in result.text
+    assert result.text.endswith("You: How are you?\n<|im_end|>\n<|im_start|>assistant\nAI: Doing")
+    assert not result.trim_reply_start
+    assert result.text.count("Doing") == 1  # the reply being continued is not also in the dialogue
 
 
 def test_continue_needs_an_assistant_message(store):

@@ -73,3 +73,14 @@ def test_choice_text_drops_stop_tokens(llama):
             break
     assert stopped and out == "say hello "
     assert llama.decode(released).startswith("say hello") and "STOP" not in llama.decode(released)
+
+
+def test_choice_text_trims_leading_spaces_only_at_the_start(llama):
+    """Chat-mode replies drop the space after "Bot:", in whatever tokens it arrives; later spaces stay."""
+    ids = llama.encode("   Hello  there")
+    for trim, want in ((True, "Hello  there"), (False, "   Hello  there")):
+        choice = ChoiceText(IncrementalDetokenizer(lambda t: llama.decode(t)), StopMatcher(["STOP"]), trim_start=trim)
+        pushed = [choice.push(i, i, True) for i in ids]
+        text, released, stopped = choice.finish(True)
+        assert "".join(p[0] for p in pushed) + text == want and not stopped
+        assert [i for p in pushed for i in p[1]] + released == ids  # every token still goes out

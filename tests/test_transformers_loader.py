@@ -19,6 +19,21 @@ def test_info_honours_generation_config(llama):
     assert info.bos_token == "<s>" and info.vocab_size == len(llama.tokenizer)
 
 
+@pytest.mark.parametrize("fields, defaults", [
+    ({}, {}),  # nothing said: the request or settings.yaml decide
+    ({"do_sample": False}, {"temperature": 0.0}),  # greedy, even without a temperature
+    ({"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20}, {"temperature": 0.7, "top_p": 0.9, "top_k": 20}),
+    ({"do_sample": False, "temperature": 0.6}, {"temperature": 0.0}),
+])  # fmt: skip
+def test_sampler_defaults_from_generation_config(fields, defaults):
+    from transformers import GenerationConfig
+
+    from modules.loaders.transformers_loader import _generation_defaults
+
+    assert _generation_defaults(GenerationConfig(**fields)) == defaults
+    assert _generation_defaults(None) == {}
+
+
 def test_gpt2_context_from_n_positions(gpt2):
     assert gpt2.info.context_length == 256
 

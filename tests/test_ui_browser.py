@@ -2,7 +2,7 @@
 
 The tests marked `browser` need `apt-get install chromium` and pip `playwright` (never `playwright install`).
 Without them they skip, or fail when HEARTH_REQUIRE_CLIENTS=1 (as run_tests.sh sets). HEARTH_SCREENSHOT=1 also saves
-docs/screenshot-chat.png.
+docs/screenshot-chat.png (the demo model's chat, for the README).
 """
 from __future__ import annotations
 
@@ -322,8 +322,6 @@ def test_switch_character_shows_greeting_then_regenerate(hearth, page, user_data
     assert len(user_texts(page)) == 1 and len(bot_texts(page)) == 2
     saved = saved_chats(user_data, "chat", "Example")[-1]["messages"]
     assert len(saved) == 3 and saved[-1]["content"] != first
-    if os.environ.get("HEARTH_SCREENSHOT") == "1":
-        page.screenshot(path=str(SCREENSHOT))
 
 
 @pytest.mark.browser
@@ -401,3 +399,46 @@ def test_restart_finds_the_conversation(hearth, browser, page, user_data, trap):
     wait_idle(page, lambda: not renamed.exists())
     assert "Remember the lantern" not in user_texts(page)
     assert trap.seen == []
+
+
+@pytest.fixture(scope="module")
+def demo_hearth(trap, tmp_path_factory):
+    """`python server.py --api` as a newcomer starts it: no --model and an empty models folder (the demo model)."""
+    _require_browser()
+    settings = tmp_path_factory.mktemp("demo-settings") / "settings.yaml"
+    settings.write_text(f"chat:\n  user_data_dir: {json.dumps(str(tmp_path_factory.mktemp('demo-user-data')))}\n")
+    args = ["--model-dir", str(tmp_path_factory.mktemp("empty-models")), "--settings", str(settings),
+            "--listen-port", "0", "--api", "--api-port", "0"]  # fmt: skip
+    server = Hearth(args, trap.env())
+    yield server
+    assert server.stop() == 0, "".join(server.output[-30:])
+    assert trap.seen == [], f"the server tried to reach the internet: {trap.seen}"
+
+
+@pytest.mark.browser
+def test_demo_model_answers_in_browser(demo_hearth, page):
+    """The issue's "done when": a fresh start answers "What is 17 + 25?" with 42 in the browser and over the API."""
+    from playwright.sync_api import expect
+
+    assert any("serving the built-in demo model hearth-demo" in line for line in demo_hearth.output)
+    open_ui(page, demo_hearth.ui_url)
+    expect(page.locator("#context-info")).to_contain_text("hearth-demo")
+    page.get_by_role("tab", name="Parameters").click()  # the model's generation_config asks for greedy decoding
+    expect(page.locator("#params-status")).to_contain_text("hearth-demo's generation_config: temperature 0")
+    assert page.locator("#temperature input[type=number]").input_value() == "0"
+    page.get_by_role("tab", name="Chat").click()
+    send(page, "What is 17 + 25?")  # instruct mode, the default
+    assert user_texts(page) == ["What is 17 + 25?"] and bot_texts(page) == ["42"]
+    send(page, "Reverse the words: red green blue")  # a second question in the same chat
+    assert bot_texts(page)[-1] == "blue green red"
+    send(page, "Who are you?")
+    assert bot_texts(page)[-1].startswith("I am hearth-demo")
+    if os.environ.get("HEARTH_SCREENSHOT") == "1":
+        page.screenshot(path=str(SCREENSHOT))
+    body = {"messages": [{"role": "user", "content": "What is 17 + 25?"}]}
+    answer = requests.post(demo_hearth.api_url + "/chat/completions", json=body, timeout=30).json()
+    assert answer["model"] == "hearth-demo" and answer["choices"][0]["message"]["content"] == "42"
+    set_mode(page, "chat")  # the Assistant character greets; the reply loses the space after "AI:"
+    assert bot_texts(page) == ["Hello! What can I do for you?"]
+    send(page, "What is 17 + 25?")
+    assert bot_texts(page)[-1] == "42"

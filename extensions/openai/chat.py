@@ -43,8 +43,8 @@ def start_chat(st: ApiState, req: ChatCompletionRequest) -> Run:
     prepared = prepare_chat_prompt(runtime, req, loader, max_tokens)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     gen = generation_request(
-        req, prepared.ids, loader.info, runtime.settings.generation,
-        max_tokens=max_tokens, logprobs=logprobs, extra_stop=prepared.stop,
+        req, prepared.ids, loader.info, runtime.settings.generation, max_tokens=max_tokens, logprobs=logprobs,
+        extra_stop=prepared.stop, trim_leading_space=prepared.trim_reply_start,
     )  # fmt: skip
     handle = runtime.scheduler.submit(gen)
     meta = R.ResponseMeta.new("chatcmpl", loader.info.name, [loader.info.dtype, prepared.template])

@@ -57,6 +57,7 @@ def generation_request(
     max_tokens: int | None,
     logprobs: int | None,
     extra_stop: tuple[str, ...] = (),
+    trim_leading_space: bool = False,
 ) -> GenerationRequest:
     """The engine request for one prompt; validated, so a bad value is a 400 naming its parameter."""
     room = info.context_length - len(prompt_ids)
@@ -72,6 +73,7 @@ def generation_request(
         logprobs=logprobs,
         model_id=info.name,
         skip_special_tokens=req.skip_special_tokens if req.skip_special_tokens is not None else True,
+        trim_leading_space=trim_leading_space,
     )
     if max_tokens is not None and max_tokens < 1:
         raise InvalidParameter(f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens")

@@ -98,6 +98,7 @@ def reply_request(runtime, conversation: Conversation, options: ChatOptions, par
         stop=tuple(params.stop) + prepared.stop,
         ban_eos=params.ban_eos,
         model_id=info.name,
+        trim_leading_space=prepared.trim_reply_start,
     )
     request.validate(info.vocab_size)
     return request, _context_info(info, prepared)

@@ -176,8 +176,8 @@ def _generation_defaults(gen) -> dict:
         value = getattr(gen, key, None)
         if value is not None:
             defaults[key] = value
-    if getattr(gen, "do_sample", None) is False and "temperature" in defaults:
-        defaults["temperature"] = 0.0  # the authors asked for greedy decoding
+    if getattr(gen, "do_sample", None) is False:
+        defaults["temperature"] = 0.0  # the authors asked for greedy decoding (None means unsaid)
     return defaults
 
 

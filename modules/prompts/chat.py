@@ -100,7 +100,8 @@ def render_prompt(
     text, dropped, tokens = fit_to_context(
         head, body, compose, model.count_tokens, model.context_length, max(0, options.reserve_tokens)
     )
-    return RenderedPrompt(text, shown.name, shown.source_kind, _dedupe(stops), dropped, tokens)
+    trim = options.mode != "instruct" and not options.continue_
+    return RenderedPrompt(text, shown.name, shown.source_kind, _dedupe(stops), dropped, tokens, trim)
 
 
 def _renderer(template: Template, variables: dict[str, Any]) -> RenderFn:
@@ -158,9 +159,11 @@ def _chat_composer(chat, instruct, options: PromptOptions, persona: Persona, out
         inner = chat(messages[:-1] if options.continue_ else messages, False)
         command = persona.command.replace("<|character|>", persona.name2).replace("<|prompt|>", inner)
         wrapped = outer + [{"role": "user", "content": command}]
-        if options.continue_:
-            return _continued(instruct, wrapped + [{"role": "assistant", "content": messages[-1]["content"]}])
-        return instruct(wrapped, options.add_generation_prompt)
+        if not (options.continue_ or options.add_generation_prompt):
+            return instruct(wrapped, False)
+        # As text-generation-webui: the reply opens with the bot's "Name:" cue, inside the assistant turn.
+        opened = f"{persona.name2}: {messages[-1]['content']}" if options.continue_ else f"{persona.name2}:"
+        return _continued(instruct, wrapped + [{"role": "assistant", "content": opened}])
 
     return compose
 

@@ -77,3 +77,5 @@ class RenderedPrompt:
     stop: tuple[str, ...]  # stop strings implied by the template and mode; never empty strings
     dropped_messages: int  # how many of the oldest messages truncation left out
     prompt_tokens: int  # count_tokens(text)
+    # Chat modes cue the reply with "Bot:", so models start it with a space, which text-generation-webui drops.
+    trim_reply_start: bool = False

@@ -43,10 +43,13 @@ def build_ui(runtime) -> gr.Blocks:
         params_tab.wire(runtime, params)
         loaded = model_tab.wire(runtime, model)
         fn, inputs, outputs = chat.hooks["context"]
-        for event in loaded:  # a new model changes the token count and maybe the template
+        defaults_fn, defaults_out = params_tab.model_defaults_hook(runtime, params)
+        for event in loaded:  # a new model changes the token count, maybe the template and its sampler defaults
             event.then(fn, inputs=inputs, outputs=outputs)
+            event.then(defaults_fn, outputs=defaults_out)
         fn, inputs, outputs = chat.hooks["page_load"]
         demo.load(fn, inputs=inputs, outputs=outputs)
+        demo.load(defaults_fn, outputs=defaults_out)
     return demo
 
 

@@ -106,6 +106,22 @@ def wire(runtime, tab: ParamsTab) -> None:
     tab.save.click(save, inputs=[tab.save_name, *ordered], outputs=[tab.preset, tab.status])
 
 
+def model_defaults_hook(runtime, tab: ParamsTab):
+    """(fn, outputs) that set the sliders as the API defaults them: the loaded model's generation_config, else
+    settings.yaml. Run on page load and after a model load, so a model that asks for greedy decoding gets it."""
+    gen = runtime.settings.generation
+
+    def fill():
+        info = runtime.models.info
+        own = dict(info.generation_defaults) if info is not None else {}
+        values = [own.get(key, getattr(gen, key)) for key in tab.sliders]
+        said = ", ".join(f"{key} {value:g}" for key, value in own.items())
+        note = f"Sampler values from {info.name}'s generation_config: {said}." if own else gr.skip()
+        return values + [note]
+
+    return fill, [*tab.sliders.values(), tab.status]
+
+
 def _slider(key: str, value) -> gr.Slider:
     label, low, high, step = SLIDERS[key]
     return gr.Slider(low, high, value=value, step=step, label=label, elem_id=key.replace("_", "-"))

@@ -1,0 +1,1 @@
+"""Hearth's built-in demo model: data generator, trainer and evaluator."""
