@@ -24,6 +24,9 @@ def summary(results: dict) -> dict:
         out["api_overhead_ratio"] = out["api_single_tps"] / results["generate_tps"]
     if 1 in hearth and 8 in hearth:
         out["scaling_8_vs_1"] = hearth[8].aggregate / hearth[1].aggregate
+    if 8 in hearth and results.get("generate_tps_batch8"):
+        out["generate_tps_batch8"] = results["generate_tps_batch8"]
+        out["vs_static_batch8"] = hearth[8].aggregate / results["generate_tps_batch8"]
     peer = results.get("transformers-serve")
     if peer and 8 in peer and 8 in hearth:
         out["vs_transformers_serve_at_8"] = hearth[8].aggregate / peer[8].aggregate
@@ -62,6 +65,9 @@ def markdown(results: dict, head: dict) -> str:
         lines.append(f"| API overhead ratio (API / generate, target >= 0.95) | {head['api_overhead_ratio']:.2f} |")
     if "scaling_8_vs_1" in head:
         lines.append(f"| 8 clients vs 1, aggregate (target >= 2.5) | {head['scaling_8_vs_1']:.2f} |")
+    if "vs_static_batch8" in head:
+        lines.append(f"| raw `generate()` batch 8 (no server), tok/s | {head['generate_tps_batch8']:.1f} |")
+        lines.append(f"| Hearth at 8 clients / raw `generate()` batch 8 | {head['vs_static_batch8']:.2f} |")
     if "vs_transformers_serve_at_8" in head:
         lines.append(f"| vs transformers serve at 8 clients (target >= 1.5) | {head['vs_transformers_serve_at_8']:.2f} |")
     for h, ttft in head.get("second_turn", {}).items():

@@ -63,8 +63,11 @@ def hf_extra(args) -> dict:
     return {"generation_config": json.dumps(config)}
 
 
-def measure_generate(model_path: Path, args) -> float:
-    """Tokens/s of the model's own generate() at batch 1, prompt and length as the API runs (best of 3)."""
+def measure_generate(model_path: Path, args, batch: int = 1) -> float:
+    """Tokens/s of the model's own generate() at `batch` equal prompts, prompt and length as the API runs (best of 3).
+
+    Batch 1 is the API-overhead reference; batch 8 (static batching, no server) bounds what any server can reach
+    with 8 clients on this machine."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -74,7 +77,7 @@ def measure_generate(model_path: Path, args) -> float:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     messages = [{"role": "user", "content": prompt_text(args.prompt_tokens)}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)], device=args.device)
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)] * batch, device=args.device)
     n = args.max_new_tokens
     best = 0.0
     with torch.inference_mode():
@@ -83,7 +86,7 @@ def measure_generate(model_path: Path, args) -> float:
             out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            best = max(best, (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
+            best = max(best, batch * (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
     del model
     return best
 
@@ -121,7 +124,9 @@ def main(argv=None) -> int:
     results: dict = {"args": vars(args), "model": str(model_path), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"model: {model_path}", flush=True)
     results["generate_tps"] = measure_generate(model_path, args)
-    print(f"raw generate(): {results['generate_tps']:.1f} tok/s", flush=True)
+    results["generate_tps_batch8"] = measure_generate(model_path, args, batch=8)
+    print(f"raw generate(): {results['generate_tps']:.1f} tok/s, batch 8: {results['generate_tps_batch8']:.1f} tok/s",
+          flush=True)  # fmt: skip
     hearth_body = chat_body(args, HEARTH_EXTRA, model_path.name)
     runs = [("hearth", args.max_batch, 1024)]
     if not args.skip_unbatched:

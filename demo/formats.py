@@ -93,7 +93,8 @@ def random_persona(rng: random.Random) -> Persona:
     sentences = [f"{{{{char}}}} is a {rng.choice(TRAITS)} {rng.choice(ROLES)} who {rng.choice(HABITS)}."
                  for _ in range(rng.randint(0, 3))]  # fmt: skip
     greeting = rng.choice(GREETINGS) if rng.random() < 0.8 else ""
-    return Persona(name1, name2, replace_names(" ".join(sentences), name1, name2), replace_names(greeting, name1, name2))
+    context, greeting = replace_names(" ".join(sentences), name1, name2), replace_names(greeting, name1, name2)
+    return Persona(name1, name2, context, greeting)
 
 
 def persona(rng: random.Random) -> Persona:

@@ -1,7 +1,9 @@
 """Model management over the API: list, info, load, unload, stop-generation; other clients keep getting answers."""
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import threading
 import time
 
@@ -101,7 +103,6 @@ def test_broken_load_keeps_old_model_serving(admin_api):
         ({"model_name": "../tiny-llama"}, 404, "model_name"),
         ({"model_name": "/etc"}, 404, "model_name"),
         ({"model_name": "nope"}, 404, "model_name"),
-        ({"model_name": "tiny-llama", "args": {"load_in_4bit": True}}, 400, "args.load_in_4bit"),
         ({"model_name": "tiny-llama", "settings": {"instruction_template": "Nope"}}, 400, "instruction_template"),
         ({"model_name": "tiny-llama", "settings": {"colour": "red"}}, 400, "settings.colour"),
         ({"model_name": 5}, 400, "model_name"),
@@ -113,6 +114,31 @@ def test_bad_loads(admin_api, body, status, param):
     response = post(server, "/v1/internal/model/load", body)
     assert response.status_code == status and response.json()["error"]["param"] == param
     assert runtime.models.info.name == before
+
+
+def test_seed_load_example_with_other_loaders_args(admin_api):
+    """text-generation-webui's documented load call: its 4-bit and llama.cpp arguments are ignored and reported."""
+    server, runtime = admin_api
+    before = runtime.models.info.name
+    body = {"model_name": before, "args": {"load_in_4bit": True, "n_gpu_layers": 12},
+            "settings": {"instruction_template": "Alpaca"}}  # fmt: skip
+    out = subprocess.run(["curl", "-s", "-k", server.url("/v1/internal/model/load"),
+                          "-H", "Content-Type: application/json", "-H", f"Authorization: {ADMIN['Authorization']}",
+                          "-d", json.dumps(body)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    loaded = json.loads(out)
+    assert loaded["status"] == "ok" and loaded["ignored_args"] == ["load_in_4bit", "n_gpu_layers"]
+    assert get(server, "/v1/internal/model/info", USER).json()["instruction_template"].startswith("Alpaca")
+    post(server, "/v1/internal/model/load", {"model_name": before})  # back to the model's own template
+
+
+def test_strict_api_refuses_other_loaders_args(admin_api):
+    from extensions.openai.app import create_app
+
+    server, runtime = admin_api
+    strict = create_app(with_server_settings(runtime, strict_api=True)).test_client()
+    response = strict.post("/v1/internal/model/load", json={"model_name": "tiny-llama", "args": {"load_in_4bit": True}})
+    assert response.status_code == 400 and response.json["error"]["param"] == "args.load_in_4bit"
 
 
 def test_request_naming_unloaded_local_model_is_404(admin_api):

@@ -22,7 +22,8 @@ def test_info_honours_generation_config(llama):
 @pytest.mark.parametrize("fields, defaults", [
     ({}, {}),  # nothing said: the request or settings.yaml decide
     ({"do_sample": False}, {"temperature": 0.0}),  # greedy, even without a temperature
-    ({"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20}, {"temperature": 0.7, "top_p": 0.9, "top_k": 20}),
+    ({"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20},
+     {"temperature": 0.7, "top_p": 0.9, "top_k": 20}),
     ({"do_sample": False, "temperature": 0.6}, {"temperature": 0.0}),
 ])  # fmt: skip
 def test_sampler_defaults_from_generation_config(fields, defaults):

@@ -1,6 +1,8 @@
 """Model management (admin key when set): list, info, load, unload, stop-generation."""
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, jsonify
 
 from extensions.openai.errors import APIError
@@ -9,6 +11,7 @@ from extensions.openai.state import parse, state
 from modules.errors import ModelNotFound
 
 bp = Blueprint("model_admin", __name__)
+log = logging.getLogger(__name__)
 
 LOAD_ARGS = {"loader", "cpu", "dtype", "bf16", "trust_remote_code", "threads", "max_batch_size", "prefill_chunk",
              "prefix_cache_mb", "device_map"}  # fmt: skip
@@ -53,7 +56,7 @@ def model_load():
     """Load a model; running requests finish first; if it fails the previous model keeps serving."""
     runtime = state().runtime
     req = parse(LoadModelRequest)
-    options = _load_options(req.args or {})
+    options, ignored = _load_options(req.args or {}, state().config.strict)
     settings = req.settings or {}
     unknown = sorted(set(settings) - PROMPT_SETTINGS)
     if unknown:
@@ -67,18 +70,25 @@ def model_load():
         raise ModelNotFound(exc.message, param="model_name") from None
     info = runtime.models.load(req.model_name, options, prompt_settings=settings)
     return jsonify({"status": "ok", "model_name": info.name, "loader": info.loader,
-                    "context_length": info.context_length})  # fmt: skip
+                    "context_length": info.context_length, "ignored_args": ignored})  # fmt: skip
 
 
-def _load_options(args: dict) -> dict:
+def _load_options(args: dict, strict: bool) -> tuple[dict, list[str]]:
+    """The loader options Hearth takes, and the names of the rest.
+
+    Other loaders' arguments (text-generation-webui's example sends load_in_4bit and n_gpu_layers) are ignored and
+    reported, so scripts written for text-generation-webui keep working; --strict-api makes them a 400.
+    """
     unknown = sorted(set(args) - LOAD_ARGS)
-    if unknown:
+    if unknown and strict:
         raise APIError(400, f"unsupported loader argument {unknown[0]!r} (supported: {', '.join(sorted(LOAD_ARGS))})",
                        param=f"args.{unknown[0]}")  # fmt: skip
-    options = dict(args)
+    if unknown:
+        log.warning("model load: ignoring loader arguments Hearth does not take: %s", ", ".join(unknown))
+    options = {key: value for key, value in args.items() if key in LOAD_ARGS}
     if options.pop("bf16", False):
         options["dtype"] = "bfloat16"
-    return options
+    return options, unknown
 
 
 @bp.post("/v1/internal/model/unload")
