@@ -117,14 +117,8 @@ class ModelManager:
         return new.info
 
     def _swap(self, new: Loader | None) -> Loader | None:
-        """Pause admission, let running requests finish (cancel after swap_timeout), put `new` in place at once."""
-        self.scheduler.pause()
-        try:
-            if self.scheduler.loader is not None and not self.scheduler.wait_idle(self.settings.swap_timeout):
-                log.warning("cancelled running requests after %.0f s to swap models", self.settings.swap_timeout)
-            return self.scheduler.set_loader(new)
-        finally:
-            self.scheduler.resume()
+        """Let queued and running requests finish (cancelled after swap_timeout), then put `new` in place."""
+        return self.scheduler.swap_loader(new, self.settings.swap_timeout)
 
 
 def ensure_known(manager: ModelManager, name: str) -> ModelEntry:

@@ -49,6 +49,7 @@ class Scheduler:
         self._tasks: deque[tuple[Callable, Future]] = deque()
         self._ids = itertools.count(1)
         self._paused = False
+        self._swapping = False  # a model swap is draining the old model; submit() waits for the new one
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="hearth-worker", daemon=True)
         self._thread.start()
@@ -60,7 +61,12 @@ class Scheduler:
         return self._loader
 
     def submit(self, request: GenerationRequest) -> Handle:
-        """Queue a generation; raises ModelNotLoaded, QueueFull or ServerShuttingDown."""
+        """Queue a generation; raises ModelNotLoaded, ModelChanged, QueueFull or ServerShuttingDown.
+
+        During a model swap this waits for the new model, so the caller gets ModelChanged (prepare the request
+        again for the new model) instead of a request that would fail in the queue."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._swapping or self._closed)
         loader = self._loader
         if loader is None:
             raise ModelNotLoaded("no model is loaded")
@@ -120,10 +126,27 @@ class Scheduler:
             self._paused = False
             self._cond.notify_all()
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no sequence is active; after `timeout` seconds cancel the rest. True if none was cut."""
+    def swap_loader(self, loader: Loader | None, timeout: float) -> Loader | None:
+        """Put `loader` in place once what is queued or running has finished on the old model; return the old one.
+
+        New submissions wait meanwhile (then see the new model). After `timeout` seconds the running sequences are
+        cancelled and the still-queued requests fail with ModelChanged.
+        """
         with self._cond:
-            idle = self._cond.wait_for(lambda: not self._active, timeout)
+            self._swapping = True
+        try:
+            if self._loader is not None and not self._drain(timeout):
+                log.warning("cancelled running requests after %.0f s to swap models", timeout)
+            return self.set_loader(loader)
+        finally:
+            with self._cond:
+                self._swapping = False
+                self._cond.notify_all()
+
+    def _drain(self, timeout: float) -> bool:
+        """Wait until nothing is queued or active; after `timeout` cancel the active. True if none was cut."""
+        with self._cond:
+            idle = self._cond.wait_for(lambda: not self._active and (self._paused or not self._waiting), timeout)
             if not idle:
                 self._to_cancel.update(self._active)
                 self._cond.notify_all()
@@ -203,6 +226,7 @@ class Scheduler:
                     self._waiting.remove(seqs)
                     for s in seqs:
                         s.handle.inbox.put(FinishItem(s.index, FinishReason.CANCELLED))
+            self._cond.notify_all()  # a model swap may be waiting for the queue to empty
         for seq_id in seq_ids & set(self._active):
             self._finish(self._active[seq_id], FinishReason.CANCELLED)
 
@@ -215,13 +239,15 @@ class Scheduler:
                 if loader.active() + len(self._waiting[0]) > loader.capabilities.max_batch and self._active:
                     return
                 seqs = self._waiting.popleft()
-            if seqs[0].handle.request.model_id not in (None, loader.info.name):
+                stale = seqs[0].handle.request.model_id not in (None, loader.info.name)
+                if not stale:  # active in the same breath, so a swap never sees the request in neither place
+                    self._active.update((s.seq_id, s) for s in seqs)
+                self._cond.notify_all()
+            if stale:
                 for s in seqs:
                     s.handle.inbox.put(ErrorItem(ModelChanged(f"the model changed to {loader.info.name}; retry")))
                 continue
             for s in seqs:
-                with self._cond:
-                    self._active[s.seq_id] = s
                 loader.start(s.spec)
 
     def _step(self) -> None:

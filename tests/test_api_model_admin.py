@@ -78,7 +78,7 @@ def test_load_while_other_clients_keep_getting_answers(admin_api):
     stop.set()
     worker.join()
     assert loaded.status_code == 200 and loaded.json()["model_name"] == "tiny-gpt2"
-    assert answers and all(code in (200, 503) for code in answers) and answers.count(200) >= 2
+    assert answers.count(200) >= 2 and set(answers) == {200}  # no 503s: the swap waits, requests are re-prepared
     info = get(server, "/v1/internal/model/info", USER).json()
     assert info["model_name"] == "tiny-gpt2" and info["max_batch_size"] == 4
     assert info["instruction_template"].startswith("ChatML")

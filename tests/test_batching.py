@@ -129,3 +129,25 @@ def test_n_choices_share_the_batch(served, n):
     texts = {c.text for c in result.choices}
     assert len(result.choices) == n and len(texts) == 1  # greedy: every choice is the same
     assert all(c.finish_reason is FinishReason.LENGTH for c in result.choices)
+
+
+def test_per_row_bias_bans_and_seeds_inside_one_batch(llama, scheduler):
+    """Rows of one batch keep their own logit_bias, min_tokens, seed and stop strings (the batched sampler path)."""
+    scheduler.set_loader(llama)
+    eos = llama.info.eos_token_ids[0]
+    forced = llama.encode(" fox")[-1]
+    prompt = tuple(llama.encode(PROMPTS[2]))
+    biased = GenerationRequest(prompt, SamplingParams(temperature=0, logit_bias={forced: 100.0}), max_tokens=5)
+    pushed_to_eos = SamplingParams(temperature=0, logit_bias={eos: 100.0})  # EOS wins at once, unless suppressed
+    at_least = GenerationRequest(prompt, pushed_to_eos, max_tokens=12, min_tokens=7)
+    seeded = GenerationRequest(prompt, SamplingParams(temperature=1.0, seed=1234), max_tokens=16, ban_eos=True)
+    solo_seeded = scheduler.submit(seeded).result().choices[0]
+    first = scheduler.submit(greedy(llama, PROMPTS[3], max_tokens=16)).result().choices[0].text
+    stop = first[5:8]
+    handles = [scheduler.submit(r) for r in (biased, at_least, seeded, greedy(llama, PROMPTS[3], max_tokens=16,
+                                                                        stop=(stop,)))]  # fmt: skip
+    out = [h.result().choices[0] for h in handles]
+    assert out[0].token_ids == (forced,) * 5
+    assert len(out[1].token_ids) == 7 and out[1].finish_reason is FinishReason.STOP  # EOS right after min_tokens
+    assert out[2].token_ids == solo_seeded.token_ids  # same seed, same text, alone or in a batch
+    assert out[3].text == first[: first.find(stop)] and out[3].finish_reason is FinishReason.STOP

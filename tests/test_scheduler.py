@@ -244,3 +244,36 @@ def test_next_token_probs(llama, scheduler):
     assert raw[0][0] == greedy.choices[0].token_ids[0]
     top2 = scheduler.run_exclusive(lambda m: m.next_token_probs(ids, SamplingParams(top_k=2), 5))
     assert len(top2) == 2 and abs(sum(p for _, p in top2) - 1) < 1e-5
+
+
+def test_swap_finishes_queued_requests_on_the_old_model(llama, gpt2, scheduler):
+    """Requests queued when a swap starts (24 for 8 batch slots) run to the end on the model they were made for."""
+    scheduler.set_loader(llama)
+    scheduler.max_queue = 64
+    made_for_llama = dict(max_tokens=16, ban_eos=True, model_id="tiny-llama")
+    handles = [scheduler.submit(request(llama, f"Hello {i}", **made_for_llama)) for i in range(24)]
+    assert scheduler.stats()["waiting"] > 0
+    assert scheduler.swap_loader(gpt2, 60) is llama and scheduler.loader is gpt2
+    assert [h.result().usage.completion_tokens for h in handles] == [16] * 24  # none failed with ModelChanged
+
+
+def test_submit_during_a_swap_waits_then_reports_the_change(llama, gpt2, scheduler):
+    """A request prepared for the old model while a swap drains gets ModelChanged once the new model is in."""
+    scheduler.set_loader(llama)
+    running = scheduler.submit(request(llama, "Hello", max_tokens=60, ban_eos=True))
+    swapped = threading.Thread(target=scheduler.swap_loader, args=(gpt2, 60))
+    swapped.start()
+    time.sleep(0.1)
+    with pytest.raises(ModelChanged, match="tiny-gpt2"):
+        scheduler.submit(request(llama, "Hi", model_id="tiny-llama"))
+    assert scheduler.loader is gpt2 and running.result().usage.completion_tokens == 60
+    swapped.join(60)
+    assert scheduler.submit(request(gpt2, "Hi", max_tokens=2, model_id="tiny-gpt2")).result().choices
+
+
+def test_swap_timeout_cancels_what_still_runs(llama, gpt2, scheduler):
+    scheduler.set_loader(llama)
+    long = scheduler.submit(request(llama, "Hello", max_tokens=None, ban_eos=True))
+    time.sleep(0.1)
+    assert scheduler.swap_loader(gpt2, 0.2) is llama and scheduler.loader is gpt2
+    assert long.result().choices[0].finish_reason is FinishReason.CANCELLED

@@ -13,8 +13,8 @@ from extensions.openai.errors import APIError
 from extensions.openai.params import check_unknown, generation_request
 from extensions.openai.schemas import CompletionRequest
 from extensions.openai.sse import stream
-from extensions.openai.state import ApiState, parse, serving_loader, state
-from modules.errors import ContextTooLong
+from extensions.openai.state import ApiState, parse, retried_on_model_change, serving_loader, state
+from modules.errors import ContextTooLong, HearthError
 from modules.generation import Usage
 from modules.handle import Handle
 from modules.loaders.base import Loader
@@ -35,6 +35,7 @@ def completions():
     return jsonify(run.body())
 
 
+@retried_on_model_change
 def start_completion(st: ApiState, req: CompletionRequest) -> Run:
     """Validate, tokenize and submit every prompt of a completion request (in the request thread)."""
     runtime = st.runtime
@@ -60,7 +61,13 @@ def start_completion(st: ApiState, req: CompletionRequest) -> Run:
                            logprobs=req.logprobs)
         for ids, _ in prompts
     ]  # fmt: skip
-    handles = [runtime.scheduler.submit(g) for g in gens]
+    handles = []
+    try:
+        handles += [runtime.scheduler.submit(g) for g in gens]
+    except HearthError:  # e.g. the queue filled up or the model changed: the prompts already queued go too
+        for handle in handles:
+            handle.cancel()
+        raise
     keepalive = st.config.keepalive
     return Run(
         handle=handles[0], meta=meta, token_bytes=loader.token_bytes, include_usage=include_usage, headers={},

@@ -1,21 +1,23 @@
 """Per-app state and request helpers shared by the route modules."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
 from extensions.openai.errors import APIError, from_validation
-from modules.errors import ModelNotFound, ModelNotLoaded
+from modules.errors import ModelChanged, ModelNotFound, ModelNotLoaded
 from modules.loaders.base import Loader
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 KEEPALIVE_SECONDS = 10.0
 
 
@@ -103,3 +105,21 @@ def serving_loader(requested: str | None) -> Loader:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def retried_on_model_change(start: Callable[..., R]) -> Callable[..., R]:
+    """`start` once more if the model was swapped while the request was being prepared (ModelChanged at submit).
+
+    Scheduler.submit() waits out a swap, so the second try renders and tokenizes for the new model; a request that
+    names the old model explicitly then gets its 404, as any request for a model that is not loaded.
+    """
+
+    @functools.wraps(start)
+    def wrapper(*args, **kwargs):
+        try:
+            return start(*args, **kwargs)
+        except ModelChanged:
+            log.info("the model changed while a request was prepared; preparing it again")
+            return start(*args, **kwargs)
+
+    return wrapper

@@ -13,7 +13,7 @@ from typing import Iterator
 from modules.chat.conversation import Conversation
 from modules.chat.history import HistoryStore
 from modules.chat_prompt import PreparedPrompt, prepare_prompt
-from modules.errors import CharacterNotFound, ContextTooLong, ModelNotLoaded
+from modules.errors import CharacterNotFound, ContextTooLong, ModelChanged, ModelNotLoaded
 from modules.generation import GenerationRequest, SamplingParams
 from modules.handle import Handle
 from modules.prompts import Character, PromptOptions
@@ -214,8 +214,12 @@ class ChatSession:
         return text
 
     def _reply(self, conversation: Conversation, options, params, continue_: bool) -> Iterator[str]:
-        request, self.context = reply_request(self.runtime, conversation, options, params, continue_)
-        handle = self.runtime.scheduler.submit(request)
+        try:
+            request, self.context = reply_request(self.runtime, conversation, options, params, continue_)
+            handle = self.runtime.scheduler.submit(request)
+        except ModelChanged:  # the model was swapped while the prompt was prepared: prepare it for the new one
+            request, self.context = reply_request(self.runtime, conversation, options, params, continue_)
+            handle = self.runtime.scheduler.submit(request)
         self._handle = handle
         if continue_:
             message = conversation.messages[-1]
