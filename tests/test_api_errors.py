@@ -39,6 +39,7 @@ BAD_CHAT = [
     ({"messages": OK_MESSAGES, "temperature": True}, "temperature"),
     ({"messages": OK_MESSAGES, "top_p": 2}, "top_p"),
     ({"messages": OK_MESSAGES, "max_tokens": -5}, "max_tokens"),
+    ({"messages": OK_MESSAGES, "max_tokens": 0}, "max_tokens"),
     ({"messages": OK_MESSAGES, "max_tokens": "5"}, "max_tokens"),
     ({"messages": OK_MESSAGES, "n": 0}, "n"),
     ({"messages": OK_MESSAGES, "n": 100000}, "n"),

@@ -39,8 +39,8 @@ def start_chat(st: ApiState, req: ChatCompletionRequest) -> Run:
     check_unknown(req, st.config.strict)
     check_supported(req)
     loader = serving_loader(req.model)
-    requested = req.max_completion_tokens or req.max_tokens or req.max_new_tokens
-    max_tokens = requested or runtime.settings.generation.max_new_tokens
+    given = [v for v in (req.max_completion_tokens, req.max_tokens, req.max_new_tokens) if v is not None]
+    max_tokens = given[0] if given else runtime.settings.generation.max_new_tokens  # 0 is a 400, not "unset"
     prepared = prepare_chat_prompt(runtime, req, loader, max_tokens)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     gen = generation_request(
