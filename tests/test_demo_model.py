@@ -91,6 +91,22 @@ def test_held_out_sums_never_trained_on():
     assert arithmetic > 1000
 
 
+def test_training_pieces_spell_the_layouts():
+    """The pieces the loss is laid over join up to exactly formats' prompts (what Hearth sends)."""
+    import random
+
+    from demo import formats
+
+    rng = random.Random(7)
+    for _ in range(200):
+        persona, history = formats.persona(rng), [dataset.exchange(rng, set()) for _ in range(rng.randint(0, 3))]
+        pieces = dataset.dialogue_pieces(persona, history, "What is 1 + 2?")
+        assert "".join(t for t, _ in pieces) == formats.transcript(persona, history, "What is 1 + 2?")
+        assert [t for t, trained in pieces if trained] == [f" {answer}" for _, answer in history]
+        messages = dataset.instruct_messages(rng, set())
+        assert "".join(t for t, _ in dataset.instruct_pieces(messages)) == formats.chatml(messages, False)[:-1]
+
+
 # ----- through Hearth's API ----------------------------------------------------------------------------------
 
 
