@@ -37,7 +37,7 @@ def prompt_for(question: str, mode: str, history: bool, system: str | None = Non
     """The prompt text Hearth renders for the demo model in `mode` (the shipped Assistant character in chat modes)."""
     if mode == "instruct":
         return formats.chatml(messages_for(question, system, history), True)
-    persona, past = formats.shipped_persona("Assistant.yaml"), HISTORY if history else []
+    persona, past = formats.shipped_persona("Assistant"), HISTORY if history else []
     if mode == "chat":
         return formats.chat_prompt(persona, past, question)
     return formats.chat_instruct_prompt(persona, past, question, system)

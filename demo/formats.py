@@ -8,16 +8,16 @@ tests/test_demo_model.py checks these against Hearth's own renderer, so the two 
 """
 from __future__ import annotations
 
+import functools
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from modules.prompts.characters import parse_character, replace_names
+from modules.prompts.chat import Persona
+from modules.prompts.files import read_data
+from modules.prompts.types import DEFAULT_CHAT_INSTRUCT_COMMAND, Character
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAT_INSTRUCT_COMMAND = (
-    'Continue the chat dialogue below. Write a single reply for the character "<|character|>".\n\n<|prompt|>'
-)
 # The names and sentences random characters are made of, so the model learns to look past any persona.
 BOT_NAMES = ["AI", "Assistant", "Bot", "Ember", "Sam", "Luna", "Max", "Nova", "Iris", "Otto", "Kai", "Hearth"]
 USER_NAMES = ["You", "User", "Alex", "Anon", "Kim", "Jo", "Ravi", "Mia"]
@@ -29,16 +29,6 @@ HABITS = [
 ]
 GREETINGS = ["Hello! What can I do for you?", "Hi {{user}}! Ask me anything.", "Welcome back.", "Good day to you.",
              "*waves* Hello there!", "Ready when you are."]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Persona:
-    """Who talks in chat modes, with {{user}} and {{char}} already replaced."""
-
-    name1: str
-    name2: str
-    context: str
-    greeting: str
 
 
 def chatml(messages: list[dict], add_generation_prompt: bool) -> str:
@@ -65,26 +55,32 @@ def chat_prompt(persona: Persona, exchanges: list[tuple[str, str]], question: st
 def chat_instruct_prompt(persona: Persona, exchanges: list[tuple[str, str]], question: str,
                          system: str | None = None) -> str:  # fmt: skip
     """The chat-instruct prompt: the dialogue inside the command, as a ChatML user turn; the reply opens "Bot:"."""
-    command = CHAT_INSTRUCT_COMMAND.replace("<|character|>", persona.name2)
+    command = persona.command.replace("<|character|>", persona.name2)
     command = command.replace("<|prompt|>", transcript(persona, exchanges, question))
     outer = [{"role": "system", "content": system}] if system else []
     return chatml(outer + [{"role": "user", "content": command}], True) + f"{persona.name2}:"
 
 
-def replace_names(text: str, name1: str, name2: str) -> str:
-    """{{user}} and {{char}} as Hearth and text-generation-webui replace them."""
-    return text.replace("{{user}}", name1).replace("{{char}}", name2)
+@functools.lru_cache(maxsize=None)
+def _shipped_character(stem: str) -> Character:
+    """A character file in characters/, parsed by Hearth (read once, not once per training example)."""
+    path = ROOT / "characters" / f"{stem}.yaml"
+    return parse_character(read_data(path), path)
 
 
-def shipped_persona(file_name: str, name1: str = "You") -> Persona:
-    """A character shipped in characters/, with its example dialogue after the context as Hearth puts it."""
-    data = yaml.safe_load((ROOT / "characters" / file_name).read_text(encoding="utf-8"))
-    context = data.get("context", "").strip()
-    if data.get("example_dialogue"):
-        context = f"{context}\n\n{data['example_dialogue'].strip()}".strip()
-    name2 = data["name"]
-    return Persona(name1, name2, replace_names(context, name1, name2),
-                   replace_names(data.get("greeting", ""), name1, name2).strip())  # fmt: skip
+def _persona(name1: str, name2: str, context: str, greeting: str) -> Persona:
+    """Hearth's Persona with {{user}}/{{char}} replaced, no user bio and the default chat-instruct command."""
+    return Persona(name1, name2, replace_names(context, name1, name2), replace_names(greeting, name1, name2).strip(),
+                   "", DEFAULT_CHAT_INSTRUCT_COMMAND)  # fmt: skip
+
+
+def shipped_persona(stem: str, name1: str = "You") -> Persona:
+    """A character shipped in characters/, its example dialogue after the context as Hearth puts it."""
+    character = _shipped_character(stem)
+    context = character.context
+    if character.example_dialogue:
+        context = f"{context}\n\n{character.example_dialogue}".strip()
+    return _persona(name1, character.name, context, character.greeting)
 
 
 def random_persona(rng: random.Random) -> Persona:
@@ -93,15 +89,14 @@ def random_persona(rng: random.Random) -> Persona:
     sentences = [f"{{{{char}}}} is a {rng.choice(TRAITS)} {rng.choice(ROLES)} who {rng.choice(HABITS)}."
                  for _ in range(rng.randint(0, 3))]  # fmt: skip
     greeting = rng.choice(GREETINGS) if rng.random() < 0.8 else ""
-    context, greeting = replace_names(" ".join(sentences), name1, name2), replace_names(greeting, name1, name2)
-    return Persona(name1, name2, context, greeting)
+    return _persona(name1, name2, " ".join(sentences), greeting)
 
 
 def persona(rng: random.Random) -> Persona:
     """Mostly the shipped Assistant (the UI's default), sometimes Example, else a random character."""
     roll = rng.random()
     if roll < 0.4:
-        return shipped_persona("Assistant.yaml", rng.choice(["You", "You", rng.choice(USER_NAMES)]))
+        return shipped_persona("Assistant", rng.choice(["You", "You", rng.choice(USER_NAMES)]))
     if roll < 0.5:
-        return shipped_persona("Example.yaml")
+        return shipped_persona("Example")
     return random_persona(rng)
