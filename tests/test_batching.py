@@ -151,3 +151,55 @@ def test_per_row_bias_bans_and_seeds_inside_one_batch(llama, scheduler):
     assert len(out[1].token_ids) == 7 and out[1].finish_reason is FinishReason.STOP  # EOS right after min_tokens
     assert out[2].token_ids == solo_seeded.token_ids  # same seed, same text, alone or in a batch
     assert out[3].text == first[: first.find(stop)] and out[3].finish_reason is FinishReason.STOP
+
+
+def _run_together(loader, specs, steps: int = 12) -> dict[int, list[int]]:
+    """Start every spec at once and step; the first step must prefill them all (one padded forward)."""
+    out: dict[int, list[int]] = {s.seq_id: [] for s in specs}
+    for spec in specs:
+        loader.start(spec)
+    first = loader.step()
+    assert sorted(e.seq_id for e in first) == sorted(out)
+    for event in first:
+        out[event.seq_id].append(event.token_id)
+    for _ in range(steps - 1):
+        for event in loader.step():
+            out[event.seq_id].append(event.token_id)
+    for spec in specs:
+        loader.release(spec.seq_id)
+    return out
+
+
+def _cold(loader, specs) -> dict[int, list[int]]:
+    out = {}
+    for spec in specs:
+        loader.reset()  # empties the prefix cache, so nothing is reused
+        out.update(_run_together(loader, [spec]))
+    loader.reset()
+    return out
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_waiting_prompts_prefill_together_and_equal_solo(request, model):
+    """Prompts of different lengths waiting together are prefilled in one padded forward; greedy text is unchanged."""
+    from modules.loaders.base import SequenceSpec
+
+    loader = request.getfixturevalue(model)
+    specs = [SequenceSpec(900 + i, tuple(loader.encode(p)), GREEDY, seed=0) for i, p in enumerate(PROMPTS[:6])]
+    solo = _cold(loader, specs)
+    assert _run_together(loader, specs) == solo and loader.active() == 0
+
+
+def test_second_turns_with_reused_prefixes_prefill_together(llama):
+    """Rows that reuse cached prefixes of different lengths, and a fresh one, share one prefill; text as cold."""
+    from modules.loaders.base import SequenceSpec
+
+    first = [tuple(llama.encode(p)) for p in PROMPTS[:3]]
+    _run_together(llama, [SequenceSpec(910 + i, ids, GREEDY, seed=0) for i, ids in enumerate(first)], steps=4)
+    extra = tuple(llama.encode(" and then the dog"))
+    second = [SequenceSpec(920 + i, ids + extra[: i + 2], GREEDY, seed=0) for i, ids in enumerate(first)]
+    second.append(SequenceSpec(930, tuple(llama.encode(PROMPTS[7])), GREEDY, seed=0))
+    reused = llama.engine.reused_tokens
+    warm = _run_together(llama, second)
+    assert llama.engine.reused_tokens - reused >= sum(len(ids) for ids in first)  # (the fresh one may share some)
+    assert warm == _cold(llama, second)

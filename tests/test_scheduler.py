@@ -154,15 +154,16 @@ def test_cancel_frees_the_worker_within_a_step(served):
     handle = scheduler.submit(request(loader, max_tokens=None, ban_eos=True))
     events = handle.events()
     next(events)
+    queued = handle.inbox.qsize()  # tokens made while this thread waited for the CPU are not late
     handle.cancel()
     deadline = time.monotonic() + 5
     while scheduler.stats()["active"] and time.monotonic() < deadline:
         time.sleep(0.005)
     assert scheduler.stats()["active"] == 0 and loader.active() == 0
-    late = 0
+    tokens = 0
     while not handle.inbox.empty():
-        late += isinstance(handle.inbox.get(), TokenItem)
-    assert late <= 2  # at most the step already running when cancel arrived
+        tokens += isinstance(handle.inbox.get(), TokenItem)
+    assert tokens - queued <= 2  # at most the step already running when cancel arrived
     # The worker still serves.
     assert scheduler.submit(request(loader, max_tokens=3)).result().choices[0].text is not None
 

@@ -9,7 +9,7 @@ import torch
 
 from modules.generation import SamplingParams, TokenLogprob
 from modules.loaders.base import ModelInfo, SequenceSpec, TokenEvent
-from modules.loaders.kv_batch import KVBatch, Row, new_cache
+from modules.loaders.kv_batch import KVBatch, Row, new_cache, stack_caches
 from modules.loaders.prefix_cache import PrefixCache
 from modules.loaders.batch_sampling import choose_tokens
 from modules.loaders.sampling import apply_bias_and_bans, apply_penalties, filter_logits, top_logprobs
@@ -52,10 +52,11 @@ class HFEngine:
 
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
-        """Decode one token for every batched row, then prefill one chunk of the oldest newcomer."""
+        """Decode one token for every batched row, then prefill: waiting short prompts together, else one chunk."""
         events = self._decode() if len(self.batch) else []
         if self.prefilling:
-            events.extend(self._prefill_chunk())
+            group = self._waiting_group()
+            events.extend(self._prefill_together(group) if len(group) > 1 else self._prefill_chunk())
         return events
 
     def release(self, seq_id: int) -> None:
@@ -121,6 +122,55 @@ class HFEngine:
         for row in self.batch.rows:
             row.cached += 1
         return choose_tokens(self.batch.rows, out.logits[:, -1, :].float())  # logits: [B, V]
+
+    def _waiting_group(self) -> list[Row]:
+        """The oldest newcomers whose uncached prompt tokens fit in one chunk together."""
+        group, total = [], 0
+        for row in self.prefilling:
+            total += len(row.tokens) - row.cached
+            if total > self.prefill_chunk:
+                break
+            group.append(row)
+        return group
+
+    def _prefill_together(self, rows: list[Row]) -> list[TokenEvent]:
+        """Prefill the rest of several prompts in one forward and merge them into the batch.
+
+        A burst of k clients then costs one forward instead of k, each stalling the running batch. Row i's
+        columns: its cached prefix right-aligned in the first P, its new tokens right-aligned in the last N;
+        the mask [k, P + N] hides the padding between, positions count real tokens only.
+        """
+        cache, past_mask = stack_caches([r.cache for r in rows], [r.cached for r in rows])
+        new = [r.tokens[r.cached :] for r in rows]
+        width = max(len(t) for t in new)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)  # [k, N]; pad id 0 is masked out
+        new_mask = torch.zeros(len(rows), width, dtype=torch.long)
+        positions = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, (row, tokens) in enumerate(zip(rows, new)):
+            ids[i, width - len(tokens) :] = torch.tensor(tokens)
+            new_mask[i, width - len(tokens) :] = 1
+            positions[i, width - len(tokens) :] = torch.arange(row.cached, len(row.tokens))
+        mask = torch.cat([past_mask.to(self.device), new_mask.to(self.device)], 1)
+        try:
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask,
+                position_ids=positions.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        except (RuntimeError, ValueError, IndexError) as exc:
+            for _ in rows:
+                self.prefilling.popleft()
+            log.warning("prefill of sequences %s failed: %s", [r.seq_id for r in rows], exc)
+            return [TokenEvent(r.seq_id, -1, error=f"prefill failed: {exc}") for r in rows]
+        for row in rows:
+            self.prefilling.popleft()
+            row.cache, row.cached = None, len(row.tokens)
+        events = choose_tokens(rows, out.logits[:, -1, :].float())
+        self.batch.merge(rows, cache, mask)
+        return events
 
     def _prefill_chunk(self) -> list[TokenEvent]:
         row = self.prefilling[0]

@@ -109,22 +109,28 @@ class KVBatch:
         """Merge a prefilled row (its own batch-1 cache) into the batch."""
         own, row.cache = row.cache, None
         length = own.get_seq_length()
+        self.merge([row], own, torch.ones(1, length, dtype=torch.long, device=_device(own)))
+
+    def merge(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append rows whose keys/values sit left-padded in `cache`, real positions marked by `mask` [k, L]."""
+        pad = (mask == 0)[:, None, :, None]  # [k, 1, L, 1]
+        if pad.any():  # padded positions may hold NaN from fully masked attention rows; 0 * NaN would leak
+            for layer in cache.layers:
+                layer.keys.masked_fill_(pad, 0)
+                layer.values.masked_fill_(pad, 0)
         if not self.rows:
-            self.rows, self.cache = [row], own
-            self.mask = torch.ones(1, length, dtype=torch.long, device=_device(own))
+            self.rows, self.cache, self.mask = list(rows), cache, mask
             return
-        width = self.mask.shape[1]
+        width, length = self.mask.shape[1], mask.shape[1]
         new_width = max(width, length)
         layers = []
-        for old_layer, new_layer in zip(self.cache.layers, own.layers):
+        for old_layer, new_layer in zip(self.cache.layers, cache.layers):
             keys = torch.cat([_left_pad(old_layer.keys, new_width), _left_pad(new_layer.keys, new_width)])
             values = torch.cat([_left_pad(old_layer.values, new_width), _left_pad(new_layer.values, new_width)])
             layers.append((keys, values))
         self.cache = new_cache(layers)
-        new_mask = torch.zeros(1, new_width, dtype=torch.long, device=self.mask.device)
-        new_mask[:, new_width - length :] = 1
-        self.mask = torch.cat([F.pad(self.mask, (new_width - width, 0)), new_mask])
-        self.rows.append(row)
+        self.mask = torch.cat([F.pad(self.mask, (new_width - width, 0)), F.pad(mask, (new_width - length, 0))])
+        self.rows.extend(rows)
 
     def index_of(self, seq_id: int) -> int | None:
         """Position of a sequence in the batch, or None."""
@@ -147,9 +153,11 @@ class KVBatch:
 
     def row_kv(self, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The real (unpadded) keys/values of one row, per layer: [1, heads, L, head_dim]."""
-        length = int(self.mask[index].sum())
+        real = self.mask[index].bool()  # padding may sit before and inside a row (see HFEngine._prefill_together)
+        if bool(real.all()):
+            return [(layer.keys[index : index + 1], layer.values[index : index + 1]) for layer in self.cache.layers]
         return [
-            (layer.keys[index : index + 1, :, -length:], layer.values[index : index + 1, :, -length:])
+            (layer.keys[index : index + 1, :, real], layer.values[index : index + 1, :, real])
             for layer in self.cache.layers
         ]
 
@@ -170,6 +178,28 @@ class KVBatch:
             for layer in self.cache.layers:
                 layer.keys = layer.keys[:, :, start:]
                 layer.values = layer.values[:, :, start:]
+
+
+def stack_caches(caches: list[DynamicCache | None], lengths: list[int]) -> tuple[DynamicCache, torch.Tensor]:
+    """One cache holding each row's cached keys/values right-aligned in P = max(lengths) columns, and its mask [k, P].
+
+    A row may have no cache (length 0). The rows' own caches are only read (they may be prefix-cache entries)."""
+    width = max(lengths)
+    template = next((c for c, n in zip(caches, lengths) if n), None)
+    if template is None:
+        return new_cache(), torch.zeros(len(caches), 0, dtype=torch.long)
+    layers = []
+    for i, layer in enumerate(template.layers):
+        keys, values = [], []
+        for cache, n in zip(caches, lengths):
+            source = cache.layers[i] if n else layer
+            keys.append(_left_pad(source.keys[:, :, source.keys.shape[2] - n :], width))
+            values.append(_left_pad(source.values[:, :, source.values.shape[2] - n :], width))
+        layers.append((torch.cat(keys), torch.cat(values)))
+    mask = torch.zeros(len(caches), width, dtype=torch.long, device=_device(template))
+    for row, n in enumerate(lengths):
+        mask[row, width - n :] = 1
+    return new_cache(layers), mask
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
