@@ -157,6 +157,8 @@ class Scheduler:
         """Swap the model on the worker (call while paused and idle); returns the previous one."""
 
         def swap(old):
+            if loader is not None:
+                loader.prepare()
             self._loader = loader
             return old
 

@@ -56,6 +56,42 @@ def test_dtype_option(llama_dir):
         TransformersLoader.load(llama_dir, "x", {"dtype": "float8"})
 
 
+def _greedy_tokens(loader, prompts: list[str], steps: int = 12) -> list[list[int]]:
+    """Greedy tokens of prompts decoded together through the loader's own start/step."""
+    from modules.generation import SamplingParams
+    from modules.loaders.base import SequenceSpec
+
+    out = [[] for _ in prompts]
+    for i, text in enumerate(prompts):
+        loader.start(SequenceSpec(i, tuple(loader.encode(text)), SamplingParams(temperature=0), seed=0))
+    for _ in range(steps):
+        for event in loader.step():
+            out[event.seq_id].append(event.token_id)
+    for i in range(len(prompts)):
+        loader.release(i)
+    return out
+
+
+@pytest.mark.parametrize("model_dir", ["llama_dir", "gpt2_dir"])
+def test_cpu_prepack_of_16_bit_linears_keeps_the_output(request, model_dir):
+    from torch import nn
+
+    from modules.loaders.cpu_packing import PackedLinear
+
+    path = request.getfixturevalue(model_dir)
+    prompts = ["The quick brown fox", "Once upon a time there was", "A"]
+    plain = TransformersLoader.load(path, "x", {"dtype": "bfloat16", "cpu_prepack": False, "max_batch_size": 4})
+    packed = TransformersLoader.load(path, "x", {"dtype": "bfloat16", "max_batch_size": 4})
+    packed.prepare()  # what the scheduler does on its worker thread when the model is swapped in
+    modules = list(packed.engine.model.modules())
+    assert any(isinstance(m, PackedLinear) for m in modules) and not any(type(m) is nn.Linear for m in modules)
+    assert packed.info.parameters == plain.info.parameters
+    assert _greedy_tokens(packed, prompts) == _greedy_tokens(plain, prompts)
+    fp32 = TransformersLoader.load(path, "x", {"dtype": "float32"})
+    fp32.prepare()
+    assert not any(isinstance(m, PackedLinear) for m in fp32.engine.model.modules())
+
+
 def copy_model(src, tmp_path):
     dst = tmp_path / "broken"
     shutil.copytree(src, dst)

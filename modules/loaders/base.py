@@ -62,7 +62,7 @@ class ModelInfo:
 
 
 class Loader(Protocol):
-    """A loaded model. Tokenizer methods are thread-safe; start/step/release run on the scheduler worker only."""
+    """A loaded model. Tokenizer methods are thread-safe; prepare/start/step/release run on the scheduler worker only."""
 
     name: ClassVar[str]
     capabilities: Capabilities
@@ -80,6 +80,9 @@ class Loader(Protocol):
 
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes one token stands for (for OpenAI's logprobs `bytes`)."""
+
+    def prepare(self) -> None:
+        """Finish setting up on the worker thread, before the first step (may be called again: then a no-op)."""
 
     def start(self, spec: SequenceSpec) -> None:
         """Admit a sequence; its prefill may run inside later step() calls."""

@@ -33,6 +33,21 @@ class HFEngine:
         budget = int(options.get("prefix_cache_mb", DEFAULT_PREFIX_CACHE_MB)) * 1024 * 1024
         self.prefix_cache = PrefixCache(budget) if budget > 0 and _plain_attention(model.config) else None
         self.reused_tokens = 0  # total prompt tokens served from the prefix cache (for stats and tests)
+        self._pack = self.device.type == "cpu" and bool(options.get("cpu_prepack", True))
+
+    def prepare(self) -> None:
+        """Pack 16-bit CPU linear weights for oneDNN, once, on the calling (worker) thread.
+
+        Measured: weights packed on the main thread ran about 2x slower when a forward ran on another thread
+        (same oneDNN kernel and layout), while weights packed on the thread that runs the model were fast."""
+        if self._pack:
+            self._pack = False
+            from modules.loaders.cpu_packing import pack_linears
+
+            try:
+                pack_linears(self.model)
+            except RuntimeError as exc:  # a torch build whose oneDNN lacks the op: plain linears still work
+                log.warning("could not pack linear weights for oneDNN, running unpacked: %s", exc)
 
     def start(self, spec: SequenceSpec) -> None:
         """Queue a sequence for prefill."""
@@ -53,6 +68,7 @@ class HFEngine:
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
         """Decode one token for every batched row, then prefill: waiting short prompts together, else one chunk."""
+        self.prepare()
         events = self._decode() if len(self.batch) else []
         if self.prefilling:
             group = self._waiting_group()
@@ -87,6 +103,7 @@ class HFEngine:
         self, prompt_ids: Sequence[int], sampling: SamplingParams | None, top: int
     ) -> list[tuple[int, float]]:
         """Top next-token probabilities after `prompt_ids`, raw or after the sampler settings."""
+        self.prepare()
         ids = torch.tensor([list(prompt_ids)], device=self.device)
         logits = self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
         if sampling is not None:
@@ -105,6 +122,7 @@ class HFEngine:
         The first token is scored after BOS when the prompt does not start with it; a leading BOS
         itself is given (logprob 0).
         """
+        self.prepare()
         bos = self.info.bos_token_id
         prefix = [bos] if bos is not None and prompt_ids[0] != bos else []
         ids = torch.tensor([prefix + list(prompt_ids)], device=self.device)

@@ -65,6 +65,10 @@ class TransformersLoader:
         """Admit a sequence (prefilled during the next steps)."""
         self.engine.start(spec)
 
+    def prepare(self) -> None:
+        """Pack 16-bit CPU weights on the worker thread (see HFEngine.prepare)."""
+        self.engine.prepare()
+
     def step(self) -> list[TokenEvent]:
         """One prefill chunk for a newcomer and one decode step for the batch."""
         return self.engine.step()
