@@ -3,6 +3,7 @@
 `transformers serve --continuous-batching`, measured side by side in one run on the same model.
 
     python bench/serve.py                     # builds a random ~60M Llama (CPU, fp32) and runs everything
+    python bench/serve.py --dtype bfloat16    # the same in bf16 (the README's table; fast on CPUs with AMX)
     python bench/serve.py --shape 1b --device cuda --dtype bfloat16 --concurrency 1,8,32
 
 Writes bench/results/serve-latest.{md,json,png} (and a timestamped copy of the Markdown).
@@ -17,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # Hearth's modules, for the packed-weights reference
 
 from bench_model import build, prompt_text  # noqa: E402
 from load import run_level, stream_once  # noqa: E402
@@ -63,17 +65,22 @@ def hf_extra(args) -> dict:
     return {"generation_config": json.dumps(config)}
 
 
-def measure_generate(model_path: Path, args, batch: int = 1) -> float:
+def measure_generate(model_path: Path, args, batch: int = 1, packed: bool = False) -> float | None:
     """Tokens/s of the model's own generate() at `batch` equal prompts, prompt and length as the API runs (best of 3).
 
-    Batch 1 is the API-overhead reference; batch 8 (static batching, no server) bounds what any server can reach
-    with 8 clients on this machine."""
+    Batch 1 is the API-overhead reference; batch 8 (static batching, no server) shows what the model's own
+    generate() reaches with 8 prompts. `packed`: with the linear weights packed as Hearth packs them (bf16/fp16 on
+    CPU), so the overhead ratio compares like with like; None when the model is not packable."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modules.loaders.cpu_packing import pack_linears
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(args.device).eval()
+    if packed and not pack_linears(model):
+        return None
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     messages = [{"role": "user", "content": prompt_text(args.prompt_tokens)}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -125,8 +132,10 @@ def main(argv=None) -> int:
     print(f"model: {model_path}", flush=True)
     results["generate_tps"] = measure_generate(model_path, args)
     results["generate_tps_batch8"] = measure_generate(model_path, args, batch=8)
-    print(f"raw generate(): {results['generate_tps']:.1f} tok/s, batch 8: {results['generate_tps_batch8']:.1f} tok/s",
-          flush=True)  # fmt: skip
+    results["generate_tps_packed"] = measure_generate(model_path, args, packed=True)
+    packed = f"{results['generate_tps_packed']:.1f} tok/s" if results["generate_tps_packed"] else "n/a"
+    print(f"raw generate(): {results['generate_tps']:.1f} tok/s, batch 8: {results['generate_tps_batch8']:.1f} tok/s, "
+          f"packed weights: {packed}", flush=True)  # fmt: skip
     hearth_body = chat_body(args, HEARTH_EXTRA, model_path.name)
     runs = [("hearth", args.max_batch, 1024)]
     if not args.skip_unbatched:
