@@ -203,3 +203,31 @@ def test_second_turns_with_reused_prefixes_prefill_together(llama):
     warm = _run_together(llama, second)
     assert llama.engine.reused_tokens - reused >= sum(len(ids) for ids in first)  # (the fresh one may share some)
     assert warm == _cold(llama, second)
+
+
+def test_rows_leaving_in_one_step_are_dropped_together_and_others_continue(llama):
+    """Three of five rows released between two steps: one compaction, and the other two still equal their solo text."""
+    from modules.loaders.base import SequenceSpec
+
+    specs = [SequenceSpec(940 + i, tuple(llama.encode(p)), GREEDY, seed=0) for i, p in enumerate(PROMPTS[:5])]
+    survivors = [specs[1], specs[3]]
+    solo = _cold(llama, survivors)
+    out: dict[int, list[int]] = {s.seq_id: [] for s in specs}
+    for spec in specs:
+        llama.start(spec)
+    for _ in range(4):
+        for event in llama.step():
+            out[event.seq_id].append(event.token_id)
+    for spec in (specs[0], specs[2], specs[4]):
+        llama.release(spec.seq_id)
+    assert llama.active() == 2
+    for _ in range(8):
+        events = llama.step()
+        assert sorted(e.seq_id for e in events) == [s.seq_id for s in survivors]
+        for event in events:
+            out[event.seq_id].append(event.token_id)
+    batch = llama.engine.batch
+    assert len(batch.rows) == 2 and batch.cache.layers[0].keys.shape[0] == 2 and batch.mask.shape[0] == 2
+    for spec in survivors:
+        llama.release(spec.seq_id)
+    assert {s.seq_id: out[s.seq_id] for s in survivors} == solo

@@ -50,6 +50,17 @@ class GrowableLayer(DynamicLayer):
         self.keys, self.values = self._kbuf[:, :, :need], self._vbuf[:, :, :need]
         return self.keys, self.values
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows `indices` (one copy, spare room included, so the next step writes in place)."""
+        if not self.is_initialized or self.keys.shape[-2] == 0:
+            return
+        used = self.keys.shape[-2]
+        if self._owns_view(used):
+            self._kbuf, self._vbuf = self._kbuf.index_select(0, indices), self._vbuf.index_select(0, indices)
+            self.keys, self.values = self._kbuf[:, :, :used], self._vbuf[:, :, :used]
+        else:
+            super().batch_select_indices(indices)
+
     def _owns_view(self, need: int) -> bool:
         buf = self._kbuf
         return (
@@ -95,15 +106,21 @@ class Row:
 
 
 class KVBatch:
-    """The rows being decoded together and their shared cache."""
+    """The rows being decoded together and their shared cache.
+
+    `rows` stays aligned with the cache's batch dimension. A removed row only leaves `rows` at the next
+    compaction (before a decode step or a merge), so rows finishing in the same step cost one cache copy, not one
+    each.
+    """
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [B, W] long
+        self._gone: set[int] = set()  # seq_ids removed but still occupying a cache row
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) - len(self._gone)
 
     def add(self, row: Row) -> None:
         """Merge a prefilled row (its own batch-1 cache) into the batch."""
@@ -113,6 +130,7 @@ class KVBatch:
 
     def merge(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor) -> None:
         """Append rows whose keys/values sit left-padded in `cache`, real positions marked by `mask` [k, L]."""
+        self.compact()
         pad = (mask == 0)[:, None, :, None]  # [k, 1, L, 1]
         if pad.any():  # padded positions may hold NaN from fully masked attention rows; 0 * NaN would leak
             for layer in cache.layers:
@@ -133,23 +151,33 @@ class KVBatch:
         self.rows.extend(rows)
 
     def index_of(self, seq_id: int) -> int | None:
-        """Position of a sequence in the batch, or None."""
+        """Position of a sequence's row in the cache, or None if it is not (or no longer) in the batch."""
+        if seq_id in self._gone:
+            return None
         return next((i for i, r in enumerate(self.rows) if r.seq_id == seq_id), None)
 
     def remove(self, seq_id: int) -> Row | None:
-        """Take a row out of the batch; returns it, or None if it is not here."""
+        """Take a row out of the batch; returns it, or None if it is not here. Its cache row goes at compaction."""
         index = self.index_of(seq_id)
         if index is None:
             return None
-        row = self.rows.pop(index)
-        if not self.rows:
-            self.cache, self.mask = None, None
-            return row
-        keep = torch.tensor([i for i in range(len(self.rows) + 1) if i != index], device=self.mask.device)
+        row = self.rows[index]
+        self._gone.add(seq_id)
+        if len(self._gone) == len(self.rows):
+            self.rows, self.cache, self.mask, self._gone = [], None, None, set()
+        return row
+
+    def compact(self) -> None:
+        """Drop the cache rows of removed sequences (one copy for all of them) and columns left as padding."""
+        if not self._gone:
+            return
+        keep_index = [i for i, r in enumerate(self.rows) if r.seq_id not in self._gone]
+        keep = torch.tensor(keep_index, device=self.mask.device)
         self.cache.batch_select_indices(keep)
         self.mask = self.mask[keep]
+        self.rows = [self.rows[i] for i in keep_index]
+        self._gone = set()
         self._trim()
-        return row
 
     def row_kv(self, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The real (unpadded) keys/values of one row, per layer: [1, heads, L, head_dim]."""
@@ -163,6 +191,7 @@ class KVBatch:
 
     def decode_inputs(self) -> dict:
         """Model inputs for one decode step of every row: the last token of each at its own position."""
+        self.compact()
         device = self.mask.device
         input_ids = torch.tensor([[r.tokens[-1]] for r in self.rows], device=device)  # [B, 1]
         positions = torch.tensor([[r.cached] for r in self.rows], device=device)  # [B, 1]
