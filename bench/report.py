@@ -34,6 +34,9 @@ def summary(results: dict) -> dict:
     peer = results.get("transformers-serve")
     if peer and 8 in peer and 8 in hearth:
         out["vs_transformers_serve_at_8"] = hearth[8].aggregate / peer[8].aggregate
+        runs = results.get("repeats", {})
+        pairs = zip(runs.get("hearth", {}).get(8, []), runs.get("transformers-serve", {}).get(8, []))
+        out["vs_transformers_serve_at_8_each_run"] = [round(h / t, 2) for h, t in pairs if t]
     for key in ("second_turn", "second_turn_cold"):
         if key in results:
             out[key] = results[key]
@@ -48,7 +51,8 @@ def markdown(results: dict, head: dict) -> str:
         "",
         f"Model: random Llama `{args['shape']}` ({args['dtype']}, {args['device']}), prompt {args['prompt_tokens']} "
         f"tokens, {args['max_new_tokens']} new tokens per request (pinned), {args['rounds']} requests per client, "
-        f"{args['threads']} CPU threads per server; {platform.processor() or platform.machine()}.",
+        f"{args['threads']} CPU threads per server; {platform.processor() or platform.machine()}. Each level ran "
+        f"{args.get('repeats', 1)} times per server, the servers taking turns; each row is the median run.",
         f"Command: `python bench/serve.py {' '.join(_cli(args))}`",
         "",
         "| server | clients | aggregate tok/s | x single client | TTFT p50 s | TTFT p95 s |",
@@ -81,6 +85,9 @@ def markdown(results: dict, head: dict) -> str:
         lines.append(f"| Hearth at 8 clients / raw `generate()` batch 8 | {head['vs_static_batch8']:.2f} |")
     if "vs_transformers_serve_at_8" in head:
         lines.append(f"| vs transformers serve at 8 clients (target >= 1.5) | {head['vs_transformers_serve_at_8']:.2f} |")
+        if len(head.get("vs_transformers_serve_at_8_each_run", [])) > 1:
+            each = ", ".join(f"{r:.2f}" for r in head["vs_transformers_serve_at_8_each_run"])
+            lines.append(f"| the same, run by run (turns taken side by side) | {each} |")
     for h, ttft in head.get("second_turn", {}).items():
         cold = head.get("second_turn_cold", {}).get(h)
         cold_text = f"{cold:.3f} s without" if cold is not None else "n/a"
@@ -90,7 +97,7 @@ def markdown(results: dict, head: dict) -> str:
 
 def _cli(args: dict) -> list[str]:
     defaults = {"shape": "60m", "device": "cpu", "dtype": "float32", "threads": 2, "max_new_tokens": 64,
-                "prompt_tokens": 32, "concurrency": "1,2,4,8,16", "rounds": 2, "max_batch": 16,
+                "prompt_tokens": 32, "concurrency": "1,2,4,8,16", "rounds": 2, "repeats": 3, "max_batch": 16,
                 "history": "256,1024"}  # fmt: skip
     out = []
     for key, default in defaults.items():

@@ -6,7 +6,9 @@
     python bench/serve.py --dtype bfloat16    # the same in bf16 (the README's table; fast on CPUs with AMX)
     python bench/serve.py --shape 1b --device cuda --dtype bfloat16 --concurrency 1,8,32
 
-Writes bench/results/serve-latest.{md,json,png} (and a timestamped copy of the Markdown).
+Every server is started at once and their runs of each level take turns (--repeats times), so a change in this
+shared machine's load hits them alike; the report shows the median run of each. Writes
+bench/results/serve-latest.{md,json,png} (and a timestamped copy of the Markdown).
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length (default 32)")
     p.add_argument("--concurrency", default="1,2,4,8,16", help="client counts (default 1,2,4,8,16)")
     p.add_argument("--rounds", type=int, default=2, help="requests per client per level (default 2)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each level per server, servers interleaved; the median run is reported (default 3)")
     p.add_argument("--max-batch", type=int, default=16, help="Hearth's --max-batch-size (default 16)")
     p.add_argument("--history", default="256,1024", help="chat history lengths for the second-turn test")
     p.add_argument("--skip-transformers-serve", action="store_true", help="do not run the transformers peer")
@@ -98,11 +102,50 @@ def measure_generate(model_path: Path, args, batch: int = 1, packed: bool = Fals
     return best
 
 
-def run_server_levels(url: str, make_body, args, levels: list[int]) -> dict:
-    """Warm up, then every concurrency level; returns {clients: LevelResult}."""
+def start_servers(model_path: Path, args, processes: list) -> dict:
+    """Every server under test, all up at once (an idle one sleeps) so their levels can take turns.
+
+    Returns {name: (base URL, body factory)}; each started process is appended to `processes` (for stopping)."""
+    servers = {}
+    hearth_body = chat_body(args, HEARTH_EXTRA, model_path.name)
+    for name, max_batch in [("hearth", args.max_batch), ("hearth-unbatched", 1)]:
+        if name == "hearth-unbatched" and args.skip_unbatched:
+            continue
+        process, url = start_hearth(model_path.parent, model_path.name, max_batch=max_batch, threads=args.threads,
+                                    prefix_cache_mb=1024, dtype=args.dtype)  # fmt: skip
+        processes.append(process)
+        servers[name] = (url, hearth_body)
+    if not args.skip_transformers_serve:
+        process, url = start_transformers_serve(model_path, args.threads, args.device)
+        processes.append(process)
+        servers["transformers-serve"] = (url, chat_body(args, hf_extra(args), str(model_path)))
+    return servers
+
+
+def warm_up(url: str, make_body) -> None:
+    """Two requests, so first-call costs (allocations, kernel selection) are not measured."""
     for i in range(2):
         stream_once(url + "/chat/completions", make_body(10_000 + i))
-    return {c: run_level(url + "/chat/completions", make_body, c, args.rounds) for c in levels}
+
+
+def run_interleaved(servers: dict, args, levels: list[int]) -> tuple[dict, dict]:
+    """Every level `--repeats` times per server, servers taking turns (in rotating order), so that a change in the
+    machine's load hits all of them alike. Returns ({server: {clients: median run}}, {server: {clients: [tok/s]}})."""
+    medians: dict = {name: {} for name in servers}
+    repeats: dict = {name: {} for name in servers}
+    names = list(servers)
+    for clients in levels:
+        runs: dict = {name: [] for name in names}
+        for rep in range(args.repeats):
+            for name in names[rep % len(names):] + names[: rep % len(names)]:
+                url, make_body = servers[name]
+                runs[name].append(run_level(url + "/chat/completions", make_body, clients, args.rounds))
+        for name in names:
+            ordered = sorted(runs[name], key=lambda r: r.aggregate)
+            medians[name][clients] = ordered[len(ordered) // 2]
+            repeats[name][clients] = [round(r.aggregate, 1) for r in runs[name]]  # in run order
+        print(f"{clients} clients: " + ", ".join(f"{n} {medians[n][clients].aggregate:.0f}" for n in names), flush=True)
+    return medians, repeats
 
 
 def second_turn_ttft(url: str, history_tokens: int) -> float:
@@ -137,19 +180,17 @@ def main(argv=None) -> int:
     print(f"raw generate(): {results['generate_tps']:.1f} tok/s, batch 8: {results['generate_tps_batch8']:.1f} tok/s, "
           f"packed weights: {packed}", flush=True)  # fmt: skip
     hearth_body = chat_body(args, HEARTH_EXTRA, model_path.name)
-    runs = [("hearth", args.max_batch, 1024)]
-    if not args.skip_unbatched:
-        runs.append(("hearth-unbatched", 1, 1024))
-    for name, max_batch, prefix_mb in runs:
-        process, url = start_hearth(model_path.parent, model_path.name, max_batch=max_batch, threads=args.threads,
-                                    prefix_cache_mb=prefix_mb, dtype=args.dtype)  # fmt: skip
-        try:
-            results[name] = run_server_levels(url, hearth_body, args, levels)
-            if name == "hearth":
-                results["second_turn"] = {h: second_turn_ttft(url, h) for h in histories}
-        finally:
+    processes: list = []
+    try:
+        servers = start_servers(model_path, args, processes)
+        for url, make_body in servers.values():
+            warm_up(url, make_body)
+        medians, results["repeats"] = run_interleaved(servers, args, levels)
+        results.update(medians)
+        results["second_turn"] = {h: second_turn_ttft(servers["hearth"][0], h) for h in histories}
+    finally:
+        for process in processes:
             process.stop()
-        print(f"{name}: " + ", ".join(f"{c}: {r.aggregate:.0f} tok/s" for c, r in results[name].items()), flush=True)
     process, url = start_hearth(model_path.parent, model_path.name, max_batch=args.max_batch, threads=args.threads,
                                 prefix_cache_mb=0, dtype=args.dtype)  # fmt: skip
     try:
@@ -157,14 +198,6 @@ def main(argv=None) -> int:
         results["second_turn_cold"] = {h: second_turn_ttft(url, h) for h in histories}
     finally:
         process.stop()
-    if not args.skip_transformers_serve:
-        process, url = start_transformers_serve(model_path, args.threads, args.device)
-        try:
-            results["transformers-serve"] = run_server_levels(url, chat_body(args, hf_extra(args), str(model_path)), args, levels)
-        finally:
-            process.stop()
-        print("transformers serve: " + ", ".join(
-            f"{c}: {r.aggregate:.0f} tok/s" for c, r in results["transformers-serve"].items()), flush=True)
     print(write_report(results, Path(args.out)))
     return 0
 
