@@ -180,14 +180,20 @@ class KVBatch:
         self._trim()
 
     def row_kv(self, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The real (unpadded) keys/values of one row, per layer: [1, heads, L, head_dim]."""
-        real = self.mask[index].bool()  # padding may sit before and inside a row (see HFEngine._prefill_together)
-        if bool(real.all()):
-            return [(layer.keys[index : index + 1], layer.values[index : index + 1]) for layer in self.cache.layers]
-        return [
-            (layer.keys[index : index + 1, :, real], layer.values[index : index + 1, :, real])
-            for layer in self.cache.layers
-        ]
+        """Copies of one row's real (unpadded) keys/values, per layer: [1, heads, L, head_dim]."""
+        columns = self.mask[index].nonzero()[:, 0]  # padding may sit before and inside a row (HFEngine._prefill_together)
+        start, count = int(columns[0]), len(columns)
+        if int(columns[-1]) - start + 1 == count:  # one run of columns: a slice copies fastest
+
+            def pick(t: torch.Tensor) -> torch.Tensor:
+                return t[index : index + 1, :, start : start + count].clone()
+
+        else:
+
+            def pick(t: torch.Tensor) -> torch.Tensor:
+                return t[index : index + 1].index_select(2, columns)
+
+        return [(pick(layer.keys), pick(layer.values)) for layer in self.cache.layers]
 
     def decode_inputs(self) -> dict:
         """Model inputs for one decode step of every row: the last token of each at its own position."""

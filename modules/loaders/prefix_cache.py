@@ -22,14 +22,14 @@ class PrefixCache:
         return len(self._entries)
 
     def put(self, ids: Sequence[int], kv: KV) -> None:
-        """Remember `kv` (copied, so the batch's storage can be freed) for the sequence `ids`."""
+        """Remember `kv` for the sequence `ids`; the tensors are kept as given (pass copies, as KVBatch.row_kv makes)."""
         key = tuple(ids)
         if not key or key in self._entries:
             return
         size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
         if size > self.max_bytes:
             return
-        self._entries[key] = [(k.clone(), v.clone()) for k, v in kv]
+        self._entries[key] = list(kv)
         self._bytes += size
         while self._bytes > self.max_bytes or len(self._entries) > self.max_entries:
             self._evict()
