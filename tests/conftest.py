@@ -102,7 +102,10 @@ class LiveServer:
 
         from werkzeug.serving import make_server
 
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        from extensions.openai.script import announcing_handler
+
+        handler = announcing_handler(app.extensions["hearth"].runtime.scheduler)  # the server.py one
+        self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=handler)
         self.port = self.server.server_port
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

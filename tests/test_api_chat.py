@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import time
 
 import pytest
 import requests
@@ -211,3 +212,20 @@ def test_disconnect_mid_stream_cancels(api, api_runtime):
         time.sleep(0.01)
     assert api_runtime.scheduler.stats()["active"] == 0
     assert post(api, {"messages": MESSAGES, "max_tokens": 2}).status_code == 200
+
+
+def test_arrival_announcements_end_with_every_kind_of_request(api, api_runtime):
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    long = {**body, "max_tokens": 500, "ignore_eos": True, "stream": True}
+    with requests.post(api.url("/v1/chat/completions"), json=long, stream=True) as r:
+        next(r.iter_lines())
+        assert api_runtime.scheduler.stats()["preparing"] == 0  # ended at submit, not with the response
+    assert requests.post(api.url("/v1/completions"), json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+    assert requests.post(api.url("/v1/chat/completions"), json={**body, "max_tokens": -1}).status_code == 400
+    assert requests.post(api.url("/v1/chat/completions"), data="{not json").status_code == 400
+    assert requests.get(api.url("/v1/models")).status_code == 200
+    assert requests.get(api.url("/v1/nowhere")).status_code == 404
+    deadline = time.monotonic() + 5
+    while api_runtime.scheduler.stats()["preparing"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # a connection's announcement ends, at the latest, as its handler finishes
+    assert api_runtime.scheduler.stats()["preparing"] == 0

@@ -260,7 +260,7 @@ def test_stop_cancels_the_reply_and_keeps_what_was_written(runtime, tmp_path):
     rest = list(replies)
     text = session.conversation.last_reply()
     assert len(runtime.models.loader.encode(text)) < 200 and (not rest or rest[-1] == text)
-    assert runtime.scheduler.stats() == {"waiting": 0, "active": 0}
+    assert runtime.scheduler.stats() == {"waiting": 0, "active": 0, "preparing": 0}
     assert session.store.load("instruct", "Assistant", session.conversation.id).messages[-1]["content"] == text
 
 

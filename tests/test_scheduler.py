@@ -278,3 +278,36 @@ def test_swap_timeout_cancels_what_still_runs(llama, gpt2, scheduler):
     time.sleep(0.1)
     assert scheduler.swap_loader(gpt2, 0.2) is llama and scheduler.loader is gpt2
     assert long.result().choices[0].finish_reason is FinishReason.CANCELLED
+
+
+def test_a_request_waits_for_one_still_on_its_way_then_both_prefill_together(llama, scheduler, monkeypatch):
+    scheduler.set_loader(llama)
+    scheduler.gather_s = 10.0  # far longer than the test: only done() may end the hold
+    waiting_at_start = []
+    start = llama.start
+    monkeypatch.setattr(llama, "start", lambda spec: (waiting_at_start.append(len(llama.engine.prefilling)),
+                                                       start(spec)))  # fmt: skip
+    arrival = scheduler.expect()
+    first = scheduler.submit(request(llama, max_tokens=3))
+    time.sleep(0.3)
+    assert waiting_at_start == [] and scheduler.stats() == {"waiting": 1, "active": 0, "preparing": 1}
+    second = scheduler.submit(request(llama, PROMPTS[1], max_tokens=3))
+    arrival.done()
+    arrival.done()  # idempotent
+    assert len(first.result().choices[0].token_ids) == 3 and len(second.result().choices[0].token_ids) == 3
+    assert waiting_at_start == [0, 1]  # the second was queued for prefill before the first had a step
+    assert scheduler.stats()["preparing"] == 0
+
+
+def test_the_hold_ends_after_gather_s_and_a_lone_request_is_not_held(llama, scheduler):
+    scheduler.set_loader(llama)
+    scheduler.gather_s = 0.3
+    arrival = scheduler.expect()  # never done: a client that went away mid-upload, say
+    started = time.monotonic()
+    scheduler.submit(request(llama, max_tokens=2)).result()
+    assert time.monotonic() - started >= 0.3
+    arrival.done()
+    scheduler.gather_s = 10.0
+    started = time.monotonic()
+    scheduler.submit(request(llama, max_tokens=2)).result()
+    assert time.monotonic() - started < 5  # nothing on its way: admitted at once

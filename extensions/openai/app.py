@@ -14,11 +14,12 @@ from extensions.openai import (
     chat, completions, docs, embeddings, internal, model_admin, models, security, tokens, websocket,
 )
 from extensions.openai.errors import APIError, from_domain, from_validation, internal as internal_error
-from extensions.openai.state import ApiConfig, ApiState
+from extensions.openai.state import ApiConfig, ApiState, install_arrivals
 from modules.errors import HearthError
 
 log = logging.getLogger(__name__)
 
+GENERATION_ENDPOINTS = frozenset({"chat.chat_completions", "completions.completions"})
 BLUEPRINTS = (
     chat.bp, completions.bp, models.bp, internal.bp, docs.bp, embeddings.bp, tokens.bp, model_admin.bp, websocket.bp,
 )
@@ -56,6 +57,7 @@ def create_app(runtime, params: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["hearth"] = ApiState(runtime, config, embedding_models(runtime, params or {}))
     security.install(app)
+    install_arrivals(app, GENERATION_ENDPOINTS)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     _install_error_handlers(app, config)

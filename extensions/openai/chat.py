@@ -11,7 +11,7 @@ from extensions.openai.params import check_unknown, generation_request
 from extensions.openai.prompting import check_supported, prepare_chat_prompt
 from extensions.openai.schemas import ChatCompletionRequest
 from extensions.openai.sse import KEEPALIVE, event, stream
-from extensions.openai.state import ApiState, parse, retried_on_model_change, serving_loader, state
+from extensions.openai.state import ApiState, announced, parse, retried_on_model_change, serving_loader, state
 from modules.chat_prompt import PreparedPrompt
 from modules.handle import Handle
 
@@ -32,6 +32,7 @@ class Run:
     cancel: Callable[[], None]
 
 
+@announced
 @retried_on_model_change
 def start_chat(st: ApiState, req: ChatCompletionRequest) -> Run:
     """Validate, render, tokenize and submit a chat request (in the request thread)."""

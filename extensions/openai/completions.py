@@ -13,7 +13,7 @@ from extensions.openai.errors import APIError
 from extensions.openai.params import check_unknown, generation_request
 from extensions.openai.schemas import CompletionRequest
 from extensions.openai.sse import stream
-from extensions.openai.state import ApiState, parse, retried_on_model_change, serving_loader, state
+from extensions.openai.state import ApiState, announced, parse, retried_on_model_change, serving_loader, state
 from modules.errors import ContextTooLong, HearthError
 from modules.generation import Usage
 from modules.handle import Handle
@@ -35,6 +35,7 @@ def completions():
     return jsonify(run.body())
 
 
+@announced
 @retried_on_model_change
 def start_completion(st: ApiState, req: CompletionRequest) -> Run:
     """Validate, tokenize and submit every prompt of a completion request (in the request thread)."""

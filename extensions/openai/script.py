@@ -33,7 +33,8 @@ def setup(ctx):
         ctx.logger.setLevel("DEBUG")
     app = create_app(ctx.runtime, merged)
     host = settings.host
-    server = make_server(host, _free_port(host, port, ctx.logger), app, threaded=True, ssl_context=ssl_context)
+    server = make_server(host, _free_port(host, port, ctx.logger), app, threaded=True, ssl_context=ssl_context,
+                         request_handler=announcing_handler(ctx.runtime.scheduler))
     thread = threading.Thread(target=server.serve_forever, name="openai-api", daemon=True)
     thread.start()
     scheme = "https" if ssl_context else "http"
@@ -46,6 +47,30 @@ def setup(ctx):
         server.server_close()
 
     return stop
+
+
+def announcing_handler(scheduler):
+    """Werkzeug's request handler, announcing each connection to the scheduler as it comes in.
+
+    A burst of clients is then prefilled together (see Scheduler.expect); the app keeps the announcement of a
+    generation request until it is submitted and drops any other at once (state.install_arrivals)."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class AnnouncingRequestHandler(WSGIRequestHandler):
+        def setup(self) -> None:
+            self.arrival = scheduler.expect()
+            super().setup()
+
+        def make_environ(self):
+            environ = super().make_environ()
+            environ["hearth.arrival"] = self.arrival
+            return environ
+
+        def finish(self) -> None:
+            self.arrival.done()  # idempotent: most requests ended it long before
+            super().finish()
+
+    return AnnouncingRequestHandler
 
 
 def _ssl_context(certfile: str, keyfile: str):

@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from flask import current_app, request
+from flask import Flask, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
 from extensions.openai.errors import APIError, from_validation
@@ -105,6 +105,43 @@ def serving_loader(requested: str | None) -> Loader:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def install_arrivals(app: Flask, endpoints: frozenset[str]) -> None:
+    """Keep the scheduler's count of generation requests on their way (Scheduler.expect) from their arrival.
+
+    The HTTP server announces every connection as it comes in (environ["hearth.arrival"]); a request to one of
+    `endpoints` keeps it until `announced` submits, any other request drops it here, before its view runs."""
+
+    @app.before_request
+    def keep_or_drop() -> None:
+        arrival = request.environ.pop("hearth.arrival", None)
+        if request.endpoint in endpoints:
+            g.hearth_arrival = arrival or state().runtime.scheduler.expect()
+        elif arrival is not None:
+            arrival.done()
+
+    @app.teardown_request
+    def release(_exc) -> None:
+        arrival = g.pop("hearth_arrival", None)
+        if arrival is not None:
+            arrival.done()
+
+
+def announced(start: Callable[..., R]) -> Callable[..., R]:
+    """`start(st, ...)` announced to the scheduler until it has submitted (or failed): see Scheduler.expect.
+
+    HTTP requests are announced from their arrival (install_arrivals); a WebSocket message from here."""
+
+    @functools.wraps(start)
+    def wrapper(st, *args, **kwargs):
+        arrival = g.pop("hearth_arrival", None) or st.runtime.scheduler.expect()
+        try:
+            return start(st, *args, **kwargs)
+        finally:
+            arrival.done()
+
+    return wrapper
 
 
 def retried_on_model_change(start: Callable[..., R]) -> Callable[..., R]:
