@@ -44,7 +44,7 @@ def build_runtime(settings: Settings) -> Runtime:
     """Create the scheduler, model manager and prompt store (no model is loaded here)."""
     from modules.prompts import PromptStore
 
-    scheduler = Scheduler(max_queue=settings.model.max_queue)
+    scheduler = Scheduler(max_queue=settings.model.max_queue, gather_s=settings.model.gather_ms / 1000)
     models = ModelManager(
         settings.model, settings.path(settings.model.model_dir), scheduler, builtin_models(settings.root)
     )
