@@ -59,6 +59,7 @@ class ModelSettings:
     threads: int = 0  # torch intra-op threads; 0 -> all cores
     max_batch_size: int = 8
     max_queue: int = 64
+    stream_interval_ms: float = 40.0  # with 4+ sequences decoding, a stream takes its tokens at most this often
     gather_ms: float = 20.0  # a request arriving with others waits up to this long, so they prefill together
     prefill_chunk: int = 512
     prefix_cache_mb: int = 1024  # keys/values of finished requests kept for the next chat turn; 0 disables

@@ -8,6 +8,7 @@ from pathlib import Path
 from modules.config import Settings
 from modules.model_dir import LOADER_TRANSFORMERS, ModelEntry
 from modules.model_manager import ModelManager
+from modules.handle import Pacing
 from modules.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def build_runtime(settings: Settings) -> Runtime:
     """Create the scheduler, model manager and prompt store (no model is loaded here)."""
     from modules.prompts import PromptStore
 
-    scheduler = Scheduler(max_queue=settings.model.max_queue, gather_s=settings.model.gather_ms / 1000)
+    pacing = Pacing(interval=settings.model.stream_interval_ms / 1000)
+    scheduler = Scheduler(max_queue=settings.model.max_queue, gather_s=settings.model.gather_ms / 1000, pacing=pacing)
     models = ModelManager(
         settings.model, settings.path(settings.model.model_dir), scheduler, builtin_models(settings.root)
     )

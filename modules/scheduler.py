@@ -18,7 +18,7 @@ from typing import Callable, TypeVar
 
 from modules.errors import ModelChanged, ModelNotLoaded, QueueFull, ServerShuttingDown
 from modules.generation import FinishReason, GenerationRequest
-from modules.handle import ErrorItem, FinishItem, Handle, TokenItem, failed
+from modules.handle import ErrorItem, FinishItem, Handle, Pacing, TokenItem, failed
 from modules.loaders.base import Loader, SequenceSpec, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,10 @@ class Arrival:
 class Scheduler:
     """Queue in, per-request event streams out; the only code that calls loader.start/step/release."""
 
-    def __init__(self, max_queue: int = 64, gather_s: float = 0.02, settle_s: float = 0.003):
+    def __init__(self, max_queue: int = 64, gather_s: float = 0.02, settle_s: float = 0.003,
+                 pacing: Pacing = Pacing()):  # fmt: skip
         self.max_queue = max_queue
+        self.pacing = pacing
         self.gather_s = gather_s  # the longest a queued request waits for the rest of its burst
         self.settle_s = settle_s  # within a burst (2+ queued), a gap this long since the last one ends it
         self._last_queued = 0.0
@@ -92,7 +94,7 @@ class Scheduler:
         if request.model_id is not None and request.model_id != loader.info.name:
             raise ModelChanged(f"the model changed to {loader.info.name} while the request was prepared; retry")
         seq_ids = [next(self._ids) for _ in range(request.n)]
-        handle = Handle(request, seq_ids, loader.decode, self.cancel)
+        handle = Handle(request, seq_ids, loader.decode, self.cancel, self.pacing)
         seqs = [self._make_seq(handle, loader, sid, i) for i, sid in enumerate(seq_ids)]
         with self._cond:
             if self._closed:
@@ -280,7 +282,7 @@ class Scheduler:
                 if any(s.seq_id in seq_ids for s in seqs):
                     self._waiting.remove(seqs)
                     for s in seqs:
-                        s.handle.inbox.put(FinishItem(s.index, FinishReason.CANCELLED))
+                        s.handle.deliver(FinishItem(s.index, FinishReason.CANCELLED))
             self._cond.notify_all()  # a model swap may be waiting for the queue to empty
         for seq_id in seq_ids & set(self._active):
             self._finish(self._active[seq_id], FinishReason.CANCELLED)
@@ -303,7 +305,7 @@ class Scheduler:
                 self._cond.notify_all()
             if stale:
                 for s in seqs:
-                    s.handle.inbox.put(ErrorItem(ModelChanged(f"the model changed to {loader.info.name}; retry")))
+                    s.handle.deliver(ErrorItem(ModelChanged(f"the model changed to {loader.info.name}; retry")))
                 continue
             for s in seqs:
                 loader.start(s.spec)
@@ -318,11 +320,11 @@ class Scheduler:
         for event in events:
             seq = self._active.get(event.seq_id)
             if seq is not None:
-                self._route(seq, event)
+                self._route(seq, event, len(events))
 
-    def _route(self, seq: _Seq, event: TokenEvent) -> None:
+    def _route(self, seq: _Seq, event: TokenEvent, batch: int) -> None:
         if event.error is not None:
-            seq.handle.inbox.put(failed(event.error))
+            seq.handle.deliver(failed(event.error))
             self._forget(seq)
             return
         seq.generated += 1
@@ -334,7 +336,7 @@ class Scheduler:
             reason = FinishReason.LENGTH
         elif len(request.prompt_ids) + seq.generated >= self._loader.info.context_length:
             reason = FinishReason.LENGTH
-        seq.handle.inbox.put(TokenItem(seq.index, event, is_stop_token=reason is FinishReason.STOP))
+        seq.handle.deliver(TokenItem(seq.index, event, is_stop_token=reason is FinishReason.STOP, batch=batch))
         if reason is not None:
             self._finish(seq, reason)
 
@@ -342,7 +344,7 @@ class Scheduler:
         # Free the slot first, so whoever sees the finish also sees the capacity it released.
         self._loader.release(seq.seq_id)
         self._forget(seq)
-        seq.handle.inbox.put(FinishItem(seq.index, reason))
+        seq.handle.deliver(FinishItem(seq.index, reason))
 
     def _forget(self, seq: _Seq) -> None:
         with self._cond:
@@ -351,7 +353,7 @@ class Scheduler:
 
     def _fail_all(self, message: str) -> None:
         for seq in list(self._active.values()):
-            seq.handle.inbox.put(failed(message))
+            seq.handle.deliver(failed(message))
             self._forget(seq)
         try:
             self._loader.reset()
@@ -366,7 +368,7 @@ class Scheduler:
             self._active.clear()
             tasks, self._tasks = list(self._tasks), deque()
         for seq in pending:
-            seq.handle.inbox.put(error)
+            seq.handle.deliver(error)
         if self._loader is not None:
             self._loader.reset()  # the loader may outlive this scheduler (tests, a restart)
         for _, future in tasks:

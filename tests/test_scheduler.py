@@ -311,3 +311,67 @@ def test_the_hold_ends_after_gather_s_and_a_lone_request_is_not_held(llama, sche
     started = time.monotonic()
     scheduler.submit(request(llama, max_tokens=2)).result()
     assert time.monotonic() - started < 5  # nothing on its way: admitted at once
+
+
+def test_paced_streams_carry_several_tokens_per_delta_and_equal_unpaced(llama, scheduler):
+    from modules.handle import Pacing
+
+    scheduler.set_loader(llama)
+    prompts = PROMPTS[:4]
+    solo = [scheduler.submit(request(llama, p, max_tokens=40, ban_eos=True, logprobs=2)).result() for p in prompts]
+    scheduler.pacing = Pacing(interval=0.05, min_batch=4)
+    handles = [scheduler.submit(request(llama, p, max_tokens=40, ban_eos=True, logprobs=2)) for p in prompts]
+    for handle, alone in zip(handles, solo):
+        deltas = list(handle.events())
+        assert "".join(d.text for d in deltas) == alone.choices[0].text
+        ids = [t for d in deltas for t in d.token_ids]
+        assert ids == list(alone.choices[0].token_ids)
+        assert [lp.token_id for d in deltas for lp in d.logprobs] == ids  # each token keeps its logprob
+        assert deltas[-1].finish_reason is FinishReason.LENGTH
+        assert max(len(d.token_ids) for d in deltas) > 1
+    scheduler.pacing = Pacing(interval=30.0, min_batch=4)
+    started = time.monotonic()
+    scheduler.submit(request(llama, PROMPTS[0], max_tokens=40, ban_eos=True)).result()
+    assert time.monotonic() - started < 10  # a stream alone is not paced: it never waits out the 30 s
+
+
+def test_a_paced_stream_ends_without_waiting_out_its_interval(llama):
+    from modules.handle import FinishItem, Handle, Pacing
+    from modules.loaders.base import TokenEvent
+
+    handle = Handle(request(llama, max_tokens=5), [1], llama.decode, lambda ids: None, Pacing(interval=30.0))
+    ids = llama.encode(" one two three")
+    events = handle.events()
+    handle.deliver(TokenItem(0, TokenEvent(1, ids[0]), batch=8))
+    first = next(events)  # the first token is never held back
+    assert first.token_ids == (ids[0],)
+    started = time.monotonic()
+    threading.Timer(0.2, lambda: [handle.deliver(TokenItem(0, TokenEvent(1, t), batch=8)) for t in ids[1:]]
+                    + [handle.deliver(FinishItem(0, FinishReason.LENGTH))]).start()  # fmt: skip
+    rest = list(events)
+    assert time.monotonic() - started < 10  # woken by the finish, not by the 30 s interval
+    assert [t for d in rest for t in d.token_ids] == list(ids[1:]) and rest[-1].finish_reason is FinishReason.LENGTH
+    assert "".join(d.text for d in [first, *rest]) == llama.decode(ids)
+
+
+def test_under_load_tokens_that_came_during_the_interval_arrive_as_one_delta(llama):
+    from modules.handle import FinishItem, Handle, Pacing
+    from modules.loaders.base import TokenEvent
+
+    handle = Handle(request(llama, max_tokens=5), [1], llama.decode, lambda ids: None, Pacing(interval=1.0))
+    ids = llama.encode(" one two three four")
+    events = handle.events()
+    handle.deliver(TokenItem(0, TokenEvent(1, ids[0]), batch=8))
+    assert next(events).token_ids == (ids[0],)
+
+    def worker():
+        for token in ids[1:]:
+            handle.deliver(TokenItem(0, TokenEvent(1, token), batch=8))
+            time.sleep(0.02)
+        time.sleep(1.5)
+        handle.deliver(FinishItem(0, FinishReason.LENGTH))
+
+    threading.Thread(target=worker).start()
+    second = next(events)  # without pacing this would be ids[1] alone, as soon as it came
+    assert second.token_ids == tuple(ids[1:]) and second.finish_reason is None
+    assert next(events).finish_reason is FinishReason.LENGTH
