@@ -70,7 +70,10 @@ def hf_extra(args) -> dict:
 
 
 def measure_generate(model_path: Path, args, batch: int = 1, packed: bool = False) -> float | None:
-    """Tokens/s of the model's own generate() at `batch` equal prompts, prompt and length as the API runs (best of 3).
+    """Tokens/s of the model's own generate() at `batch` equal prompts, prompt and length as the API runs.
+
+    The median of 5 timed runs after a warm-up one, as the servers' rows are their median runs (a best-of would
+    favour this side of every ratio).
 
     Batch 1 is the API-overhead reference; batch 8 (static batching, no server) shows what the model's own
     generate() reaches with 8 prompts. `packed`: with the linear weights packed as Hearth packs them (bf16/fp16 on
@@ -90,16 +93,17 @@ def measure_generate(model_path: Path, args, batch: int = 1, packed: bool = Fals
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)] * batch, device=args.device)
     n = args.max_new_tokens
-    best = 0.0
+    rates = []
     with torch.inference_mode():
-        for _ in range(4):  # the first run warms up
+        for run in range(6):  # the first run warms up
             start = time.perf_counter()
             out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            best = max(best, batch * (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
+            if run:
+                rates.append(batch * (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
     del model
-    return best
+    return sorted(rates)[len(rates) // 2]
 
 
 def start_servers(model_path: Path, args, processes: list) -> dict:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modules.config import Settings
+from modules.handle import Pacing
 from modules.model_dir import LOADER_TRANSFORMERS, ModelEntry
 from modules.model_manager import ModelManager
-from modules.handle import Pacing
 from modules.scheduler import Scheduler
 
 log = logging.getLogger(__name__)

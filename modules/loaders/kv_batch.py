@@ -181,19 +181,15 @@ class KVBatch:
 
     def row_kv(self, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Copies of one row's real (unpadded) keys/values, per layer: [1, heads, L, head_dim]."""
-        columns = self.mask[index].nonzero()[:, 0]  # padding may sit before and inside a row (HFEngine._prefill_together)
+        columns = self.mask[index].nonzero()[:, 0]  # padding may sit before and inside a row (_prefill_together)
         start, count = int(columns[0]), len(columns)
-        if int(columns[-1]) - start + 1 == count:  # one run of columns: a slice copies fastest
+        one_run = int(columns[-1]) - start + 1 == count  # then a slice copies fastest
 
-            def pick(t: torch.Tensor) -> torch.Tensor:
-                return t[index : index + 1, :, start : start + count].clone()
+        def copy(t: torch.Tensor) -> torch.Tensor:  # [B, heads, T, head_dim] -> [1, heads, count, head_dim]
+            row = t[index : index + 1]
+            return row[:, :, start : start + count].clone() if one_run else row.index_select(2, columns)
 
-        else:
-
-            def pick(t: torch.Tensor) -> torch.Tensor:
-                return t[index : index + 1].index_select(2, columns)
-
-        return [(pick(layer.keys), pick(layer.values)) for layer in self.cache.layers]
+        return [(copy(layer.keys), copy(layer.values)) for layer in self.cache.layers]
 
     def decode_inputs(self) -> dict:
         """Model inputs for one decode step of every row: the last token of each at its own position."""
