@@ -72,24 +72,26 @@ def _greedy_tokens(loader, prompts: list[str], steps: int = 12) -> list[list[int
     return out
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("model_dir", ["llama_dir", "gpt2_dir"])
-def test_cpu_prepack_of_16_bit_linears_keeps_the_output(request, model_dir):
+def test_cpu_prepack_keeps_the_output(request, model_dir, dtype):
+    import torch
     from torch import nn
 
-    from modules.loaders.cpu_packing import PackedLinear
+    from modules.loaders.cpu_packing import PackedLinear, dtype_packable
 
     path = request.getfixturevalue(model_dir)
     prompts = ["The quick brown fox", "Once upon a time there was", "A"]
-    plain = TransformersLoader.load(path, "x", {"dtype": "bfloat16", "cpu_prepack": False, "max_batch_size": 4})
-    packed = TransformersLoader.load(path, "x", {"dtype": "bfloat16", "max_batch_size": 4})
+    plain = TransformersLoader.load(path, "x", {"dtype": dtype, "cpu_prepack": False, "max_batch_size": 4})
+    packed = TransformersLoader.load(path, "x", {"dtype": dtype, "max_batch_size": 4})
     packed.prepare()  # what the scheduler does on its worker thread when the model is swapped in
     modules = list(packed.engine.model.modules())
-    assert any(isinstance(m, PackedLinear) for m in modules) and not any(type(m) is nn.Linear for m in modules)
+    if not dtype_packable(getattr(torch, dtype)):  # a CPU without a oneDNN kernel for it: left as it was
+        assert not any(isinstance(m, PackedLinear) for m in modules)
+    else:
+        assert any(isinstance(m, PackedLinear) for m in modules) and not any(type(m) is nn.Linear for m in modules)
     assert packed.info.parameters == plain.info.parameters
     assert _greedy_tokens(packed, prompts) == _greedy_tokens(plain, prompts)
-    fp32 = TransformersLoader.load(path, "x", {"dtype": "float32"})
-    fp32.prepare()
-    assert not any(isinstance(m, PackedLinear) for m in fp32.engine.model.modules())
 
 
 def copy_model(src, tmp_path):
