@@ -64,13 +64,14 @@ class ModelSettings:
     prefill_chunk: int = 512
     prefix_cache_mb: int = 1024  # keys/values of finished requests kept for the next chat turn; 0 disables
     cpu_prepack: bool = True  # on CPU: pack linear weights for oneDNN once (1.5-2x faster decoding)
+    lean_decode: bool = True  # Llama-family decode steps skip transformers' per-call machinery (same logits)
     load_on_demand: bool = False
     swap_timeout: float = 60.0  # seconds a model swap waits for running requests before cancelling them
 
     def loader_options(self) -> dict[str, Any]:
         """Options handed to Loader.load()."""
         keys = ("cpu", "dtype", "trust_remote_code", "threads", "max_batch_size", "prefill_chunk", "prefix_cache_mb",
-                "cpu_prepack")  # fmt: skip
+                "cpu_prepack", "lean_decode")  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
 

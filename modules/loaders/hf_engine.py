@@ -10,6 +10,7 @@ import torch
 from modules.generation import SamplingParams, TokenLogprob
 from modules.loaders.base import ModelInfo, SequenceSpec, TokenEvent
 from modules.loaders.kv_batch import KVBatch, Row, new_cache, stack_caches
+from modules.loaders.llama_decode import LlamaDecodeStep, lean_decoder
 from modules.loaders.prefix_cache import PrefixCache
 from modules.loaders.batch_sampling import choose_tokens
 from modules.loaders.sampling import apply_bias_and_bans, apply_penalties, filter_logits, top_logprobs
@@ -34,9 +35,11 @@ class HFEngine:
         self.prefix_cache = PrefixCache(budget) if budget > 0 and _plain_attention(model.config) else None
         self.reused_tokens = 0  # total prompt tokens served from the prefix cache (for stats and tests)
         self._pack = self.device.type == "cpu" and bool(options.get("cpu_prepack", True))
+        self._lean = bool(options.get("lean_decode", True))
+        self.lean_step: LlamaDecodeStep | None = None  # set by prepare(), after packing (it holds the linears)
 
     def prepare(self) -> None:
-        """Pack 16-bit CPU linear weights for oneDNN, once, on the calling (worker) thread.
+        """Pack CPU linear weights for oneDNN and set up the lean decode step, once, on the calling (worker) thread.
 
         Measured: weights packed on the main thread ran about 2x slower when a forward ran on another thread
         (same oneDNN kernel and layout), while weights packed on the thread that runs the model were fast."""
@@ -48,6 +51,9 @@ class HFEngine:
                 pack_linears(self.model)
             except RuntimeError as exc:  # a torch build whose oneDNN lacks the op: plain linears still work
                 log.warning("could not pack linear weights for oneDNN, running unpacked: %s", exc)
+        if self._lean:
+            self._lean = False
+            self.lean_step = lean_decoder(self.model)
 
     def start(self, spec: SequenceSpec) -> None:
         """Queue a sequence for prefill."""
@@ -136,10 +142,13 @@ class HFEngine:
 
     def _decode(self) -> list[TokenEvent]:
         inputs = self.batch.decode_inputs()
-        out = self.model(**inputs, past_key_values=self.batch.cache, use_cache=True)
+        if self.lean_step is not None:
+            logits = self.lean_step(inputs["input_ids"], inputs["position_ids"], inputs["attention_mask"], self.batch.cache)
+        else:
+            logits = self.model(**inputs, past_key_values=self.batch.cache, use_cache=True).logits[:, -1, :]
         for row in self.batch.rows:
             row.cached += 1
-        return choose_tokens(self.batch.rows, out.logits[:, -1, :].float())  # logits: [B, V]
+        return choose_tokens(self.batch.rows, logits.float())  # logits: [B, V]
 
     def _waiting_group(self) -> list[Row]:
         """The oldest newcomers whose uncached prompt tokens fit in one chunk together."""
