@@ -2,8 +2,8 @@
 """Serving benchmark: Hearth's streaming API against raw generate(), Hearth without batching, and
 `transformers serve --continuous-batching`, measured side by side in one run on the same model.
 
-    python bench/serve.py                     # builds a random ~60M Llama (CPU, fp32) and runs everything
-    python bench/serve.py --dtype bfloat16    # the same in bf16 (the README's table; fast on CPUs with AMX)
+    python bench/serve.py                     # builds a random ~60M Llama (CPU, fp32), runs everything (README)
+    python bench/serve.py --dtype bfloat16    # the same in bf16 (fast only on CPUs with AMX or AVX-512 BF16)
     python bench/serve.py --shape 1b --device cuda --dtype bfloat16 --concurrency 1,8,32
 
 Every server is started at once and their runs of each level take turns (--repeats times), so a change in this
@@ -76,8 +76,9 @@ def measure_generate(model_path: Path, args, batch: int = 1, packed: bool = Fals
     favour this side of every ratio).
 
     Batch 1 is the API-overhead reference; batch 8 (static batching, no server) shows what the model's own
-    generate() reaches with 8 prompts. `packed`: with the linear weights packed as Hearth packs them (bf16/fp16 on
-    CPU), so the overhead ratio compares like with like; None when the model is not packable."""
+    generate() reaches with 8 prompts. `packed`: with the linear weights packed as Hearth packs them (on CPU, where
+    this CPU's oneDNN runs the dtype), so the overhead ratio compares like with like; None when the model is not
+    packable."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

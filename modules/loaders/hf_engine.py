@@ -102,7 +102,7 @@ class HFEngine:
     def close(self) -> None:
         """Drop the model and all caches."""
         self.reset()
-        self.model = None
+        self.model = self.lean_step = None  # the lean step holds the model's modules too
 
     @torch.inference_mode()
     def next_token_probs(
@@ -143,7 +143,7 @@ class HFEngine:
     def _decode(self) -> list[TokenEvent]:
         inputs = self.batch.decode_inputs()
         if self.lean_step is not None:
-            logits = self.lean_step(inputs["input_ids"], inputs["position_ids"], inputs["attention_mask"], self.batch.cache)
+            logits = self.lean_step(**inputs, cache=self.batch.cache)
         else:
             logits = self.model(**inputs, past_key_values=self.batch.cache, use_cache=True).logits[:, -1, :]
         for row in self.batch.rows:
