@@ -86,12 +86,19 @@ def test_lean_step_without_gqa_and_with_biases():
         assert all(torch.equal(a, b) for a, b in zip(theirs, ours))
 
 
+def spread(model):
+    """The model as accelerate's device_map leaves it when its layers sit on two GPUs (the map only)."""
+    model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": 1}
+    return model
+
+
 @pytest.mark.parametrize(
     "model",
     [
         pytest.param(lambda: tiny("gpt2"), id="gpt2"),
         pytest.param(lambda: tiny("llama", attn="eager"), id="eager-attention"),
         pytest.param(lambda: tiny("mistral", sliding_window=16), id="sliding-window"),
+        pytest.param(lambda: spread(tiny("llama")), id="spread-over-devices"),
     ],
 )
 def test_models_it_does_not_know_keep_their_own_forward(model):

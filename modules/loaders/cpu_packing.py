@@ -130,6 +130,11 @@ def pack_linears(model: nn.Module) -> int:
     """Swap every nn.Linear of a packable model for a PackedLinear (sibling projections for one fused group);
     returns how many linears were swapped."""
     if not packable(model):
+        weight = model.get_input_embeddings().weight
+        if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+            name = str(weight.dtype).removeprefix("torch.")
+            log.warning("this CPU's oneDNN has no %s kernel (it needs AVX-512 or AVX-NE-CONVERT): %s runs several "
+                        "times slower than float32 here, which --dtype auto picks", name, name)  # fmt: skip
         return 0
     fused = sum(_fuse_siblings(parent) for parent in list(model.modules()))
     targets = [

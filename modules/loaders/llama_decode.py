@@ -77,6 +77,8 @@ def lean_decoder(model: nn.Module) -> LlamaDecodeStep | None:
         return None
     if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "lm_head"):
         return None
+    if len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
+        return None  # spread over devices: accelerate's hooks on each decoder layer move the activations
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None or not all(_is_llama_layer(layer) for layer in layers):
