@@ -157,3 +157,19 @@ def with_server_settings(runtime, **server_fields):
     settings = runtime.settings
     server = dataclasses.replace(settings.server, **server_fields)
     return dataclasses.replace(runtime, settings=dataclasses.replace(settings, server=server))
+
+
+def greedy_tokens(loader, prompts: list[str], steps: int = 12) -> list[list[int]]:
+    """Greedy tokens of prompts decoded together through the loader's own start/step."""
+    from modules.generation import SamplingParams
+    from modules.loaders.base import SequenceSpec
+
+    out = [[] for _ in prompts]
+    for i, text in enumerate(prompts):
+        loader.start(SequenceSpec(i, tuple(loader.encode(text)), SamplingParams(temperature=0), seed=0))
+    for _ in range(steps):
+        for event in loader.step():
+            out[event.seq_id].append(event.token_id)
+    for i in range(len(prompts)):
+        loader.release(i)
+    return out

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from conftest import greedy_tokens
 
 from modules.loaders.cpu_packing import pack_linears
 from modules.loaders.kv_batch import new_cache
@@ -106,22 +107,14 @@ def test_models_it_does_not_know_keep_their_own_forward(model):
 
 
 def test_an_engine_decodes_the_same_with_and_without_it(llama_dir):
-    from modules.generation import SamplingParams
-    from modules.loaders.base import SequenceSpec
     from modules.loaders.transformers_loader import TransformersLoader
 
     def greedy(options):
         loader = TransformersLoader.load(llama_dir, "x", {"max_batch_size": 4, **options})
         loader.prepare()
-        out = {i: [] for i in range(3)}
-        for i, text in enumerate(["The quick brown fox", "Once upon a time there was", "A"]):
-            loader.start(SequenceSpec(i, tuple(loader.encode(text)), SamplingParams(temperature=0), seed=0))
-        for _ in range(24):
-            for event in loader.step():
-                out[event.seq_id].append(event.token_id)
-        return loader, out
+        return loader, greedy_tokens(loader, ["The quick brown fox", "Once upon a time there was", "A"], steps=24)
 
     lean, with_it = greedy({})
     plain, without = greedy({"lean_decode": False})
     assert lean.engine.lean_step is not None and plain.engine.lean_step is None
-    assert with_it == without and all(len(tokens) == 24 for tokens in with_it.values())
+    assert with_it == without and all(len(tokens) == 24 for tokens in with_it)

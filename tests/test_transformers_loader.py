@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+from conftest import greedy_tokens
 
 from modules.errors import ModelLoadError
 from modules.loaders.transformers_loader import TransformersLoader
@@ -56,22 +57,6 @@ def test_dtype_option(llama_dir):
         TransformersLoader.load(llama_dir, "x", {"dtype": "float8"})
 
 
-def _greedy_tokens(loader, prompts: list[str], steps: int = 12) -> list[list[int]]:
-    """Greedy tokens of prompts decoded together through the loader's own start/step."""
-    from modules.generation import SamplingParams
-    from modules.loaders.base import SequenceSpec
-
-    out = [[] for _ in prompts]
-    for i, text in enumerate(prompts):
-        loader.start(SequenceSpec(i, tuple(loader.encode(text)), SamplingParams(temperature=0), seed=0))
-    for _ in range(steps):
-        for event in loader.step():
-            out[event.seq_id].append(event.token_id)
-    for i in range(len(prompts)):
-        loader.release(i)
-    return out
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("model_dir", ["llama_dir", "gpt2_dir"])
 def test_cpu_prepack_keeps_the_output(request, model_dir, dtype):
@@ -91,7 +76,7 @@ def test_cpu_prepack_keeps_the_output(request, model_dir, dtype):
     else:
         assert any(isinstance(m, PackedLinear) for m in modules) and not any(type(m) is nn.Linear for m in modules)
     assert packed.info.parameters == plain.info.parameters
-    assert _greedy_tokens(packed, prompts) == _greedy_tokens(plain, prompts)
+    assert greedy_tokens(packed, prompts) == greedy_tokens(plain, prompts)
 
 
 def copy_model(src, tmp_path):

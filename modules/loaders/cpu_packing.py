@@ -109,12 +109,6 @@ def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) ->
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-def packable(model: nn.Module) -> bool:
-    """True for a model on CPU whose dtype this torch build's oneDNN can run packed on this CPU."""
-    weight = model.get_input_embeddings().weight
-    return weight.device.type == "cpu" and dtype_packable(weight.dtype)
-
-
 def dtype_packable(dtype: torch.dtype) -> bool:
     """True when oneDNN has a packed-linear kernel for `dtype` on this CPU."""
     if dtype not in PACKED_DTYPES or not torch.backends.mkldnn.is_available():
@@ -127,11 +121,13 @@ def dtype_packable(dtype: torch.dtype) -> bool:
 
 
 def pack_linears(model: nn.Module) -> int:
-    """Swap every nn.Linear of a packable model for a PackedLinear (sibling projections for one fused group);
-    returns how many linears were swapped."""
-    if not packable(model):
-        weight = model.get_input_embeddings().weight
-        if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+    """Swap every nn.Linear of a model on CPU whose dtype oneDNN runs here for a PackedLinear (sibling projections
+    for one fused group); returns how many linears were swapped."""
+    weight = model.get_input_embeddings().weight
+    if weight.device.type != "cpu":
+        return 0
+    if not dtype_packable(weight.dtype):
+        if weight.dtype in (torch.bfloat16, torch.float16):
             name = str(weight.dtype).removeprefix("torch.")
             log.warning("this CPU's oneDNN has no %s kernel (it needs AVX-512 or AVX-NE-CONVERT): %s runs several "
                         "times slower than float32 here, which --dtype auto picks", name, name)  # fmt: skip
