@@ -62,11 +62,14 @@ def _start(settings):
     from modules.extensions import enabled_extensions, load_extension
     from modules.runtime import DEMO_MODEL, build_runtime
 
-    runtime = build_runtime(settings)
+    serving = _serving(settings)
+    runtime = build_runtime(settings, serving)
     stops = []
     try:
         name = runtime.models.default_name()
-        if name is None:
+        if serving is not None:
+            runtime.pool.load_all()
+        elif name is None:
             log.info("No model loaded: several are in %s; pick one with --model or in the UI", settings.model.model_dir)
         else:
             if name == DEMO_MODEL and not settings.model.model:
@@ -88,6 +91,18 @@ def _start(settings):
         runtime.close()
         raise
     return runtime, stops
+
+
+def _serving(settings):
+    """The serving file's entries (--serve), or None for a pool of one (--model)."""
+    from modules.errors import SettingsError
+    from modules.serving import load_serving
+
+    if not settings.model.serve:
+        return None
+    if settings.model.model:
+        raise SettingsError("--serve and --model exclude each other: name the model in the serving file")
+    return load_serving(settings.path(settings.model.serve))
 
 
 def _start_ui(runtime):

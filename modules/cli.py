@@ -20,6 +20,8 @@ OVERRIDES = {
     "max_batch_size": "model.max_batch_size",
     "max_queue": "model.max_queue",
     "load_on_demand": "model.load_on_demand",
+    "serve": "model.serve",
+    "max_loaded": "model.max_loaded",
     "api": "server.api",
     "api_port": "server.api_port",
     "api_key": "server.api_key",
@@ -84,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-batch-size", type=positive_int, help="sequences decoded together (default 8)")
     m.add_argument("--max-queue", type=positive_int, help="requests allowed to wait before 503 (default 64)")
     m.add_argument("--load-on-demand", action="store_true", help="load a model when a request names it")
+    m.add_argument("--serve", metavar="FILE", help="serving file (YAML): several named models at once, by `model`")
+    m.add_argument("--max-loaded", type=positive_int, help="models on-demand loading keeps loaded (LRU idle unloads)")
     s = p.add_argument_group("server")
     s.add_argument("--listen", action="store_true", help="listen on the local network, not only loopback")
     s.add_argument("--listen-host", help="interface for the UI and API (default 127.0.0.1; 0.0.0.0 with --listen)")

@@ -66,6 +66,8 @@ class ModelSettings:
     cpu_prepack: bool = True  # on CPU: pack linear weights for oneDNN once (1.5-2x faster decoding)
     lean_decode: bool = True  # Llama-family decode steps skip transformers' per-call machinery (same logits)
     load_on_demand: bool = False
+    serve: str = ""  # a serving file (YAML): several named models at once; see modules/serving.py
+    max_loaded: int = 0  # models on-demand loading keeps loaded; 0 -> the serving file's count, else 1
     swap_timeout: float = 60.0  # seconds a model swap waits for running requests before cancelling them
 
     def loader_options(self) -> dict[str, Any]:

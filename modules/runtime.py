@@ -9,7 +9,9 @@ from modules.config import Settings
 from modules.handle import Pacing
 from modules.model_dir import LOADER_TRANSFORMERS, ModelEntry
 from modules.model_manager import ModelManager
+from modules.pool import ModelPool
 from modules.scheduler import Scheduler
+from modules.serving import ServingConfig
 
 log = logging.getLogger(__name__)
 
@@ -18,19 +20,25 @@ DEMO_MODEL = "hearth-demo"
 
 @dataclass
 class Runtime:
-    """Settings, models, the scheduler and the prompt store; knows nothing of Flask or Gradio."""
+    """Settings, the model pool and the prompt store; knows nothing of Flask or Gradio."""
 
     settings: Settings
-    models: ModelManager
-    scheduler: Scheduler
+    pool: ModelPool
     prompts: object  # modules.prompts.PromptStore
 
+    @property
+    def models(self) -> ModelManager:
+        """The default entry's model manager (what single-model code and the UI's defaults use)."""
+        return self.pool.default.manager
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The default entry's scheduler."""
+        return self.pool.default.scheduler
+
     def close(self) -> None:
-        """Stop the worker and free the model."""
-        self.scheduler.close()
-        loader = self.scheduler.loader
-        if loader is not None:
-            loader.unload()
+        """Stop every worker and free every model."""
+        self.pool.close()
 
 
 def builtin_models(root: Path) -> tuple[ModelEntry, ...]:
@@ -41,18 +49,20 @@ def builtin_models(root: Path) -> tuple[ModelEntry, ...]:
     return ()
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Create the scheduler, model manager and prompt store (no model is loaded here)."""
+def build_runtime(settings: Settings, serving: ServingConfig | None = None) -> Runtime:
+    """Create the model pool (one scheduler per entry) and the prompt store; no model is loaded here."""
     from modules.prompts import PromptStore
 
     pacing = Pacing(interval=settings.model.stream_interval_ms / 1000)
-    scheduler = Scheduler(max_queue=settings.model.max_queue, gather_s=settings.model.gather_ms / 1000, pacing=pacing)
-    models = ModelManager(
-        settings.model, settings.path(settings.model.model_dir), scheduler, builtin_models(settings.root)
-    )
+
+    def make_scheduler() -> Scheduler:
+        return Scheduler(max_queue=settings.model.max_queue, gather_s=settings.model.gather_ms / 1000, pacing=pacing)
+
+    pool = ModelPool(settings.model, settings.path(settings.model.model_dir), builtin_models(settings.root),
+                     make_scheduler, serving)  # fmt: skip
     prompts = PromptStore(
         settings.path("instruction-templates"),
         settings.path("characters"),
         settings.path("models/config.yaml"),
     )
-    return Runtime(settings=settings, models=models, scheduler=scheduler, prompts=prompts)
+    return Runtime(settings=settings, pool=pool, prompts=prompts)

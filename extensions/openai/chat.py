@@ -11,7 +11,9 @@ from extensions.openai.params import check_unknown, generation_request
 from extensions.openai.prompting import check_supported, prepare_chat_prompt
 from extensions.openai.schemas import ChatCompletionRequest
 from extensions.openai.sse import KEEPALIVE, event, stream
-from extensions.openai.state import ApiState, announced, parse, retried_on_model_change, serving_loader, state
+from extensions.openai.state import (
+    ApiState, announced, entry_headers, parse, retried_on_model_change, serving_entry, state,
+)
 from modules.chat_prompt import PreparedPrompt
 from modules.handle import Handle
 
@@ -39,22 +41,23 @@ def start_chat(st: ApiState, req: ChatCompletionRequest) -> Run:
     runtime = st.runtime
     check_unknown(req, st.config.strict)
     check_supported(req)
-    loader = serving_loader(req.model)
+    entry, loader = serving_entry(req.model)
     given = [v for v in (req.max_completion_tokens, req.max_tokens, req.max_new_tokens) if v is not None]
     max_tokens = given[0] if given else runtime.settings.generation.max_new_tokens  # 0 is a 400, not "unset"
-    prepared = prepare_chat_prompt(runtime, req, loader, max_tokens)
+    prepared = prepare_chat_prompt(runtime, req, loader, max_tokens, entry.manager.prompt_settings)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     gen = generation_request(
         req, prepared.ids, loader.info, runtime.settings.generation, max_tokens=max_tokens, logprobs=logprobs,
         extra_stop=prepared.stop, trim_leading_space=prepared.trim_reply_start,
     )  # fmt: skip
-    handle = runtime.scheduler.submit(gen)
-    meta = R.ResponseMeta.new("chatcmpl", loader.info.name, [loader.info.dtype, prepared.template])
+    handle = entry.scheduler.submit(gen)
+    headers = {**_template_header(prepared), **entry_headers(entry, loader)}
+    meta = R.ResponseMeta.new("chatcmpl", headers["X-Hearth-Model"], [loader.info.dtype, prepared.template])
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     keepalive = st.config.keepalive
     return Run(
         handle=handle, meta=meta, token_bytes=loader.token_bytes, include_usage=include_usage,
-        headers=_template_header(prepared),
+        headers=headers,
         chunks=lambda: chat_chunks(meta, handle, include_usage, loader.token_bytes, keepalive),
         body=lambda: R.chat_completion(meta, handle.result(), loader.token_bytes),
         cancel=handle.cancel,
@@ -124,9 +127,9 @@ def chat_prompt():
     st = state()
     req = parse(ChatCompletionRequest)
     check_unknown(req, st.config.strict)
-    loader = serving_loader(req.model)
+    entry, loader = serving_entry(req.model)
     max_tokens = req.max_completion_tokens or req.max_tokens or st.runtime.settings.generation.max_new_tokens
-    prepared = prepare_chat_prompt(st.runtime, req, loader, max_tokens)
+    prepared = prepare_chat_prompt(st.runtime, req, loader, max_tokens, entry.manager.prompt_settings)
     return jsonify(
         {"prompt": prepared.text, "tokens": len(prepared.ids), "instruction_template": prepared.template,
          "template_source": prepared.template_source, "stop": list(prepared.stop)}

@@ -13,7 +13,9 @@ from extensions.openai.errors import APIError
 from extensions.openai.params import check_unknown, generation_request
 from extensions.openai.schemas import CompletionRequest
 from extensions.openai.sse import stream
-from extensions.openai.state import ApiState, announced, parse, retried_on_model_change, serving_loader, state
+from extensions.openai.state import (
+    ApiState, announced, entry_headers, parse, retried_on_model_change, serving_entry, state,
+)
 from modules.errors import ContextTooLong, HearthError
 from modules.generation import Usage
 from modules.handle import Handle
@@ -31,8 +33,8 @@ def completions():
     req = parse(CompletionRequest)
     run = start_completion(state(), req)
     if req.stream:
-        return sse_response(stream(sse_events(run.chunks()), run.cancel))
-    return jsonify(run.body())
+        return sse_response(stream(sse_events(run.chunks()), run.cancel), run.headers)
+    return jsonify(run.body()), 200, run.headers
 
 
 @announced
@@ -44,19 +46,20 @@ def start_completion(st: ApiState, req: CompletionRequest) -> Run:
     n = req.n if req.n is not None else 1
     if req.best_of is not None and req.best_of != n:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
-    loader = serving_loader(req.model)
+    entry, loader = serving_entry(req.model)
     prompts = [_prompt_ids(loader, p, req.suffix) for p in _prompt_list(req.prompt)]
     context = loader.info.context_length
     for ids, _ in prompts:
         if len(ids) >= context:
             raise ContextTooLong(f"the prompt is {len(ids)} tokens but the model's context is {context}", param="prompt")
     max_tokens = _max_tokens(req)
-    echoes = [_echo(runtime, loader, ids, text, req) for ids, text in prompts] if req.echo else None
-    meta = R.ResponseMeta.new("cmpl", loader.info.name, [loader.info.dtype])
+    echoes = [_echo(entry.scheduler, loader, ids, text, req) for ids, text in prompts] if req.echo else None
+    headers = entry_headers(entry, loader)
+    meta = R.ResponseMeta.new("cmpl", headers["X-Hearth-Model"], [loader.info.dtype])
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     if max_tokens == 0:  # echo only: score the prompt, generate nothing (lm-evaluation-harness does this)
         chunks, body = _echo_only(meta, prompts, n, echoes, loader.token_bytes, req, include_usage)
-        return Run(None, meta, loader.token_bytes, include_usage, {}, chunks, body, lambda: None)
+        return Run(None, meta, loader.token_bytes, include_usage, headers, chunks, body, lambda: None)
     gens = [
         generation_request(req, ids, loader.info, runtime.settings.generation, max_tokens=max_tokens,
                            logprobs=req.logprobs)
@@ -64,14 +67,14 @@ def start_completion(st: ApiState, req: CompletionRequest) -> Run:
     ]  # fmt: skip
     handles = []
     try:
-        handles += [runtime.scheduler.submit(g) for g in gens]
+        handles += [entry.scheduler.submit(g) for g in gens]
     except HearthError:  # e.g. the queue filled up or the model changed: the prompts already queued go too
         for handle in handles:
             handle.cancel()
         raise
     keepalive = st.config.keepalive
     return Run(
-        handle=handles[0], meta=meta, token_bytes=loader.token_bytes, include_usage=include_usage, headers={},
+        handle=handles[0], meta=meta, token_bytes=loader.token_bytes, include_usage=include_usage, headers=headers,
         chunks=lambda: completion_chunks(meta, handles, n, echoes, include_usage, loader.token_bytes, keepalive),
         body=lambda: _completion_body(meta, handles, n, echoes, loader.token_bytes),
         cancel=lambda: [h.cancel() for h in handles],
@@ -117,12 +120,12 @@ def _fim_prompt(loader: Loader, prefix: str, suffix: str) -> str:
     raise APIError(400, "suffix needs a fill-in-the-middle model (one with <|fim_prefix|> tokens)", param="suffix")
 
 
-def _echo(runtime, loader: Loader, ids: list[int], text: str, req: CompletionRequest) -> tuple[str, list]:
-    """The prompt text to echo and, when logprobs are asked, each prompt token's logprob."""
+def _echo(scheduler, loader: Loader, ids: list[int], text: str, req: CompletionRequest) -> tuple[str, list]:
+    """The prompt text to echo and, when logprobs are asked, each prompt token's logprob (on the entry's worker)."""
     if req.logprobs is None:
         return text, []
     top = req.logprobs
-    items = runtime.scheduler.run_exclusive(lambda model: model.prompt_logprobs(ids, top))
+    items = scheduler.run_exclusive(lambda model: model.prompt_logprobs(ids, top))
     info = loader.info
     bos_text = info.bos_token or "\x00"
     if isinstance(text, str) and ids and ids[0] == info.bos_token_id and not text.startswith(bos_text):

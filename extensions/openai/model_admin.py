@@ -1,59 +1,65 @@
-"""Model management (admin key when set): list, info, load, unload, stop-generation."""
+"""Model management (admin key when set): list, info, load, unload, stop-generation; per pool entry."""
 from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from extensions.openai.errors import APIError
-from extensions.openai.schemas import LoadModelRequest
+from extensions.openai.schemas import LoadModelRequest, UnloadModelRequest
 from extensions.openai.state import parse, state
 from modules.errors import ModelNotFound
+from modules.serving import LOAD_OPTIONS as LOAD_ARGS, PROMPT_SETTINGS
 
 bp = Blueprint("model_admin", __name__)
 log = logging.getLogger(__name__)
-
-LOAD_ARGS = {"loader", "cpu", "dtype", "bf16", "trust_remote_code", "threads", "max_batch_size", "prefill_chunk",
-             "prefix_cache_mb", "device_map"}  # fmt: skip
-PROMPT_SETTINGS = {"instruction_template", "instruction_template_str"}
 
 
 @bp.get("/v1/internal/model/list")
 def model_list():
     """Names of every model in the models folder."""
-    return jsonify({"model_names": [e.name for e in state().runtime.models.list()]})
+    return jsonify({"model_names": [e.name for e in state().runtime.pool.manager_list()]})
 
 
 @bp.get("/v1/internal/model/info")
 def model_info():
-    """The loaded model: name, loader, context, dtype, device and the instruction template in use."""
+    """The default entry's model (text-generation-webui's fields) and, under `entries`, every pool entry."""
     runtime = state().runtime
-    info = runtime.models.info
+    entries = [entry_info(runtime, e, e is runtime.pool.default) for e in runtime.pool.entries()]
+    default = entries[0]
+    if default["model_name"] == "None":
+        return jsonify({"model_name": "None", "lora_names": [], "loading": default["loading"], "entries": entries})
+    return jsonify({**{k: v for k, v in default.items() if k not in ("name", "default")}, "entries": entries})
+
+
+def entry_info(runtime, entry, default: bool) -> dict:
+    """One entry: its name, version and model, with the settings passed when it was loaded."""
+    manager, info = entry.manager, entry.manager.info
+    head = {"name": entry.name, "default": default, "version": entry.version}
     if info is None:
-        return jsonify({"model_name": "None", "lora_names": [], "loading": runtime.models.loading})
-    return jsonify(
-        {"model_name": info.name, "lora_names": [], "loader": info.loader, "context_length": info.context_length,
-         "dtype": info.dtype, "device": info.device, "parameters": info.parameters,
-         "max_batch_size": runtime.models.loader.capabilities.max_batch,
-         "instruction_template": detected_template(runtime), "settings": dict(runtime.models.prompt_settings),
-         "loading": runtime.models.loading}
-    )  # fmt: skip
+        return {**head, "model_name": "None", "lora_names": [], "loading": manager.loading}
+    return {**head, "model_name": info.name, "lora_names": [], "loader": info.loader,
+            "context_length": info.context_length, "dtype": info.dtype, "device": info.device,
+            "parameters": info.parameters, "max_batch_size": manager.loader.capabilities.max_batch,
+            "instruction_template": detected_template(runtime, manager), "settings": dict(manager.prompt_settings),
+            "load_options": dict(manager.load_options), "loading": manager.loading}  # fmt: skip
 
 
-def detected_template(runtime) -> str:
-    """The instruction template a plain instruct request would use now."""
+def detected_template(runtime, manager) -> str:
+    """The instruction template a plain instruct request to this entry would use now."""
     from modules.chat_prompt import model_prompt_info
     from modules.prompts import PromptOptions
 
-    loader = runtime.models.loader
-    options = PromptOptions(instruction_template=runtime.models.prompt_settings.get("instruction_template"))
-    rendered = runtime.prompts.render([{"role": "user", "content": "x"}], options, model_prompt_info(loader))
+    options = PromptOptions(instruction_template=manager.prompt_settings.get("instruction_template"))
+    rendered = runtime.prompts.render([{"role": "user", "content": "x"}], options, model_prompt_info(manager.loader))
     return f"{rendered.template_name} ({rendered.template_source})"
 
 
 @bp.post("/v1/internal/model/load")
 def model_load():
-    """Load a model; running requests finish first; if it fails the previous model keeps serving."""
+    """Load a model into an entry (`name`, default: the default entry); the others keep serving.
+
+    Running requests of that entry finish first; if the load fails its previous model keeps serving."""
     runtime = state().runtime
     req = parse(LoadModelRequest)
     options, ignored = _load_options(req.args or {}, state().config.strict)
@@ -68,8 +74,8 @@ def model_load():
         runtime.models.resolve(req.model_name)
     except ModelNotFound as exc:
         raise ModelNotFound(exc.message, param="model_name") from None
-    info = runtime.models.load(req.model_name, options, prompt_settings=settings)
-    return jsonify({"status": "ok", "model_name": info.name, "loader": info.loader,
+    entry, info = runtime.pool.load(req.model_name, req.name, options, prompt_settings=settings)
+    return jsonify({"status": "ok", "name": entry.name, "model_name": info.name, "loader": info.loader,
                     "context_length": info.context_length, "ignored_args": ignored})  # fmt: skip
 
 
@@ -79,13 +85,14 @@ def _load_options(args: dict, strict: bool) -> tuple[dict, list[str]]:
     Other loaders' arguments (text-generation-webui's example sends load_in_4bit and n_gpu_layers) are ignored and
     reported, so scripts written for text-generation-webui keep working; --strict-api makes them a 400.
     """
-    unknown = sorted(set(args) - LOAD_ARGS)
+    known = LOAD_ARGS | {"bf16"}
+    unknown = sorted(set(args) - known)
     if unknown and strict:
-        raise APIError(400, f"unsupported loader argument {unknown[0]!r} (supported: {', '.join(sorted(LOAD_ARGS))})",
+        raise APIError(400, f"unsupported loader argument {unknown[0]!r} (supported: {', '.join(sorted(known))})",
                        param=f"args.{unknown[0]}")  # fmt: skip
     if unknown:
         log.warning("model load: ignoring loader arguments Hearth does not take: %s", ", ".join(unknown))
-    options = {key: value for key, value in args.items() if key in LOAD_ARGS}
+    options = {key: value for key, value in args.items() if key in known}
     if options.pop("bf16", False):
         options["dtype"] = "bfloat16"
     return options, unknown
@@ -93,13 +100,14 @@ def _load_options(args: dict, strict: bool) -> tuple[dict, list[str]]:
 
 @bp.post("/v1/internal/model/unload")
 def model_unload():
-    """Unload the model after running requests finish."""
-    unloaded = state().runtime.models.unload()
-    return jsonify({"status": "ok", "unloaded": unloaded})
+    """Unload one entry's model (`name`, default: the default entry) after its running requests finish."""
+    name = parse(UnloadModelRequest).name if request.get_data(cache=True).strip() else None
+    unloaded = state().runtime.pool.unload(name)
+    return jsonify({"status": "ok", "name": name, "unloaded": unloaded})
 
 
 @bp.post("/v1/internal/stop-generation")
 def stop_generation():
-    """Stop every running and waiting generation; streams end with finish_reason 'stop'."""
-    cancelled = state().runtime.scheduler.cancel_all()
+    """Stop every running and waiting generation of every entry; streams end with finish_reason 'stop'."""
+    cancelled = state().runtime.pool.cancel_all()
     return jsonify({"status": "ok", "cancelled": cancelled})

@@ -4,7 +4,6 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from extensions.openai.state import state
-from modules.errors import ModelNotFound
 from modules.model_dir import ModelEntry
 
 bp = Blueprint("models", __name__)
@@ -21,29 +20,36 @@ def model_object(entry: ModelEntry, loaded: bool) -> dict:
             "loaded": loaded, "loader": entry.loader}  # fmt: skip
 
 
-def _entries() -> tuple[list[ModelEntry], str | None]:
-    models = state().runtime.models
-    loaded = models.info.name if models.info is not None else None
-    entries = models.list()
-    # The loaded model first, as text-generation-webui documents.
-    entries.sort(key=lambda e: e.name != loaded)
-    return entries, loaded
+def _objects() -> list[dict]:
+    """The pool's entries (named, with what they serve), then the other models of the folder."""
+    pool = state().runtime.pool
+    folder = {e.name: e for e in pool.manager_list()}
+    objects, listed = [], set()
+    for entry in pool.entries():
+        if entry.name is None:
+            continue
+        model = entry.manager.entry  # the ModelEntry loaded, or the serving file's folder when unloaded
+        model = model or folder.get(entry.spec.model if entry.spec else "")
+        base = model_object(model, entry.loader is not None) if model else {
+            "id": entry.name, "object": "model", "created": 0, "owned_by": "user", "loaded": False, "loader": None}
+        objects.append({**base, "id": entry.name, "model": model.name if model else None, "version": entry.version})
+        listed.add(entry.name)
+    # The loaded models first, as text-generation-webui documents; then the rest of the folder.
+    return objects + [model_object(e, False) for name, e in folder.items() if name not in listed]
 
 
 @bp.get("/v1/models")
 @bp.get("/v1/engines")
 def list_models():
-    """Every model in the models folder, the loaded one first."""
-    entries, loaded = _entries()
-    return jsonify({"object": "list", "data": [model_object(e, e.name == loaded) for e in entries]})
+    """The pool's entries, loaded first, then every other model in the models folder."""
+    return jsonify({"object": "list", "data": _objects()})
 
 
 @bp.get("/v1/models/<path:model_id>")
 @bp.get("/v1/engines/<path:model_id>")
 def get_model(model_id: str):
-    """One model by id; 404 if there is none of that name."""
-    entries, loaded = _entries()
-    for entry in entries:
-        if entry.name == model_id:
-            return jsonify(model_object(entry, entry.name == loaded))
-    raise ModelNotFound(f"the model '{model_id}' does not exist", param="model")
+    """One model by id; 404 listing the names when there is none of that name."""
+    for obj in _objects():
+        if obj["id"] == model_id:
+            return jsonify(obj)
+    raise state().runtime.pool.unknown(model_id)

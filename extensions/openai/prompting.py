@@ -87,8 +87,9 @@ def prompt_options(req: ChatCompletionRequest, chat: ChatSettings, reserve: int,
     )
 
 
-def prepare_chat_prompt(runtime, req: ChatCompletionRequest, loader: Loader, max_tokens: int) -> PreparedPrompt:
-    """Render the conversation with the chosen template and tokenize it; 413 if it cannot fit."""
+def prepare_chat_prompt(runtime, req: ChatCompletionRequest, loader: Loader, max_tokens: int,
+                        model_settings=None) -> PreparedPrompt:  # fmt: skip
+    """Render the conversation with the chosen template (`model_settings`: its pool entry's) and tokenize it."""
     reserve = min(max_tokens, loader.info.context_length // 2)  # room for the reply when dropping old turns
-    options = prompt_options(req, runtime.settings.chat, reserve, runtime.models.prompt_settings)
+    options = prompt_options(req, runtime.settings.chat, reserve, model_settings)
     return prepare_prompt(runtime.prompts, flatten_messages(req.messages), options, loader)

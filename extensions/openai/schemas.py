@@ -163,5 +163,13 @@ class LoadModelRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="allow")
     model_name: str
+    name: str | None = None  # the pool entry to load into (a new name adds one); None: the default entry
     args: dict[str, Any] | None = None
     settings: dict[str, Any] | None = None
+
+
+class UnloadModelRequest(BaseModel):
+    """POST /v1/internal/model/unload (the body is optional)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    name: str | None = None  # the pool entry to unload; None: the default entry

@@ -12,8 +12,9 @@ from flask import Flask, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
 from extensions.openai.errors import APIError, from_validation
-from modules.errors import ModelChanged, ModelNotFound, ModelNotLoaded
+from modules.errors import ModelChanged
 from modules.loaders.base import Loader
+from modules.pool import PoolEntry
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -83,24 +84,20 @@ def parse(model: type[M]) -> M:
         raise from_validation(exc) from None
 
 
+def serving_entry(requested: str | None) -> tuple[PoolEntry, Loader]:
+    """The pool entry that answers a request naming `requested`, and its loaded model (404 or 503 otherwise)."""
+    entry = state().runtime.pool.route(requested)
+    return entry, entry.serving()
+
+
 def serving_loader(requested: str | None) -> Loader:
-    """The loaded model for a request; 404 when it names another local model (unless load-on-demand)."""
-    runtime = state().runtime
-    loader = runtime.models.loader
-    if requested and (loader is None or requested != loader.info.name):
-        local = {e.name for e in runtime.models.list()}
-        if requested in local:
-            if runtime.settings.model.load_on_demand:
-                runtime.models.load(requested)
-                return runtime.models.loader
-            raise ModelNotFound(
-                f"model {requested!r} is not loaded (loaded: {loader.info.name if loader else 'none'}); "
-                "load it with POST /v1/internal/model/load",
-                param="model",
-            )
-    if loader is None:
-        raise ModelNotLoaded("no model is loaded; load one with POST /v1/internal/model/load")
-    return loader
+    """The loaded model that answers a request naming `requested`."""
+    return serving_entry(requested)[1]
+
+
+def entry_headers(entry: PoolEntry, loader: Loader) -> dict[str, str]:
+    """Response headers naming the pool entry that answered."""
+    return {"X-Hearth-Model": entry.name or loader.info.name}
 
 
 def _reject_constant(name: str):

@@ -7,7 +7,7 @@ from extensions.openai.errors import APIError
 from extensions.openai.params import check_unknown, sampling_params
 from extensions.openai.responses import token_text
 from extensions.openai.schemas import DecodeRequest, EncodeRequest, LogitsRequest
-from extensions.openai.state import parse, serving_loader, state
+from extensions.openai.state import parse, serving_entry, serving_loader, state
 
 bp = Blueprint("tokens", __name__)
 
@@ -44,7 +44,7 @@ def logits():
     st = state()
     req = parse(LogitsRequest)
     check_unknown(req, st.config.strict)
-    loader = serving_loader(req.model)
+    entry, loader = serving_entry(req.model)
     if not 1 <= req.top_logits <= loader.info.vocab_size:
         raise APIError(400, f"top_logits must be in [1, {loader.info.vocab_size}]", param="top_logits")
     ids = loader.encode(req.prompt, add_special_tokens=True)
@@ -56,7 +56,7 @@ def logits():
     if req.use_samplers:
         sampling = sampling_params(req, loader.info, st.runtime.settings.generation)
         sampling.validate(loader.info.vocab_size)
-    top = st.runtime.scheduler.run_exclusive(lambda model: model.next_token_probs(ids, sampling, req.top_logits))
+    top = entry.scheduler.run_exclusive(lambda model: model.next_token_probs(ids, sampling, req.top_logits))
     result: dict[str, float] = {}
     for token_id, prob in top:
         result.setdefault(token_text(loader.token_bytes(token_id)), prob)

@@ -1,0 +1,255 @@
+"""The model pool: named entries resident at once, each with its own scheduler worker and batch.
+
+A request's `model` picks the entry: its name, `NAME:VERSION` (DeepInfra), or nothing for the default. Without a
+serving file the pool holds one entry named after the model it serves (today's `--model X`), and names that are
+not local models go to it, as OpenAI clients often send a placeholder such as `gpt-3.5-turbo`.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from modules.config import ModelSettings
+from modules.errors import InvalidParameter, ModelNotFound, ModelNotLoaded, QueueFull, SettingsError
+from modules.loaders.base import Loader, ModelInfo
+from modules.model_manager import ModelManager
+from modules.scheduler import Scheduler
+from modules.serving import EntrySpec, ServingConfig, check_entry_name
+
+log = logging.getLogger(__name__)
+
+
+class PoolEntry:
+    """One named place for a model: its manager (load, swap, unload) and its own scheduler."""
+
+    def __init__(self, manager: ModelManager, name: str | None = None, spec: EntrySpec | None = None):
+        self.manager = manager
+        self.fixed_name = name  # None: named after the model it serves (the pool of one of `--model X`)
+        self.spec = spec
+        self.version = spec.version if spec else ""
+        self.last_used = time.monotonic()
+
+    @property
+    def name(self) -> str | None:
+        """The name clients send as `model`; None for an unnamed entry with nothing loaded."""
+        if self.fixed_name is not None:
+            return self.fixed_name
+        return self.manager.info.name if self.manager.info is not None else None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The entry's own scheduler (one worker thread, one batch)."""
+        return self.manager.scheduler
+
+    @property
+    def loader(self) -> Loader | None:
+        """The model this entry serves now, or None."""
+        return self.manager.loader
+
+    @property
+    def model_name(self) -> str | None:
+        """The models-folder name of the model loaded here, or None."""
+        return self.manager.entry.name if self.manager.entry is not None else None
+
+    def idle(self) -> bool:
+        """True when nothing is queued or running on this entry (arrivals are announced to the default entry)."""
+        stats = self.scheduler.stats()
+        return not (stats["waiting"] or stats["active"])
+
+    def serving(self) -> Loader:
+        """The loader, or ModelNotLoaded naming the entry; marks the entry as used."""
+        loader = self.loader
+        if loader is None:
+            what = f"entry {self.fixed_name!r} has" if self.fixed_name else "no model is loaded; it has"
+            raise ModelNotLoaded(f"{what} no model loaded; load one with POST /v1/internal/model/load")
+        self.last_used = time.monotonic()
+        return loader
+
+    def close(self) -> None:
+        """Stop the worker and free the model."""
+        self.scheduler.close()
+        loader = self.scheduler.loader
+        if loader is not None:
+            loader.unload()
+
+
+class ModelPool:
+    """Every entry, routing by name, and loads/unloads per entry; the default entry serves requests without `model`."""
+
+    def __init__(self, settings: ModelSettings, model_dir, builtin, make_scheduler: Callable[[], Scheduler],
+                 serving: ServingConfig | None = None):  # fmt: skip
+        self.settings = settings
+        self.model_dir = model_dir
+        self.builtin = tuple(builtin)
+        self.serving = serving
+        self._make_scheduler = make_scheduler
+        self._lock = threading.RLock()  # guards the entry list; loads run outside it
+        self._demand = threading.Lock()  # one on-demand load at a time
+        if serving is None:
+            self._entries = [self._new_entry(None)]
+            self._default = self._entries[0]
+        else:
+            self._entries = [self._new_entry(spec.name, spec) for spec in serving.entries]
+            self._default = next(e for e in self._entries if e.fixed_name == serving.default)
+
+    @property
+    def default(self) -> PoolEntry:
+        """The entry serving requests that name no model."""
+        return self._default
+
+    @property
+    def strict(self) -> bool:
+        """True with a serving file: an unknown `model` is a 404 instead of going to the default entry."""
+        return self.serving is not None
+
+    @property
+    def max_loaded(self) -> int:
+        """How many entries on-demand loading may keep loaded (0 in settings: the serving file's count, else 1)."""
+        if self.settings.max_loaded:
+            return self.settings.max_loaded
+        return len(self.serving.entries) if self.serving else 1
+
+    def entries(self) -> list[PoolEntry]:
+        """Every entry, the default first."""
+        with self._lock:
+            return [self._default] + [e for e in self._entries if e is not self._default]
+
+    def names(self) -> list[str]:
+        """Names of the entries that have one."""
+        return [e.name for e in self.entries() if e.name is not None]
+
+    def find(self, requested: str) -> PoolEntry | None:
+        """The entry called `requested`, or matching `NAME:VERSION` (NAME: entry or model folder); else None."""
+        entries = self.entries()
+        for entry in entries:
+            if entry.name == requested:
+                return entry
+        name, sep, version = requested.rpartition(":")
+        if sep and name:
+            for entry in entries:
+                if entry.version == version and name in (entry.name, entry.model_name, getattr(entry.spec, "model", 0)):
+                    return entry
+        return None
+
+    def route(self, requested: str | None) -> PoolEntry:
+        """The entry that answers a request naming `requested`; 404 for unknown names, on-demand loads if enabled."""
+        if not requested:
+            return self._default
+        entry = self.find(requested)
+        if entry is not None:
+            return entry
+        local = [e.name for e in self.manager_list()]
+        if requested in local:
+            if self.settings.load_on_demand:
+                return self._load_on_demand(requested)
+            loaded = ", ".join(self.names()) or "none"
+            raise ModelNotFound(f"model {requested!r} is not loaded (loaded: {loaded}); load it with "
+                                "POST /v1/internal/model/load", param="model")  # fmt: skip
+        if self.strict:
+            raise self.unknown(requested)
+        return self._default
+
+    def unknown(self, requested: str, param: str = "model") -> ModelNotFound:
+        """ModelNotFound listing the names that exist, with a close match when there is one."""
+        names = self.names()
+        close = difflib.get_close_matches(requested, names + [e.name for e in self.manager_list()], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return ModelNotFound(f"the model {requested!r} does not exist (served: {', '.join(names) or 'none'}){hint}",
+                             param=param)  # fmt: skip
+
+    def manager_list(self):
+        """Every model in the models folder, then built-in ones."""
+        return self._default.manager.list()
+
+    def load(self, model: str, name: str | None = None, options: Mapping[str, Any] | None = None,
+             prompt_settings: Mapping[str, Any] | None = None) -> tuple[PoolEntry, ModelInfo]:  # fmt: skip
+        """Load `model` into entry `name` (the default when None; a new entry for a new name).
+
+        The entry's old model serves until the new one is ready and keeps serving if the load fails; other
+        entries are untouched."""
+        entry, new = self._entry_for(name)
+        self.default.manager.resolve(model)  # ModelNotFound before a worker is started for nothing
+        try:
+            info = entry.manager.load(model, options, prompt_settings)
+        except BaseException:
+            if new:
+                entry.close()
+            raise
+        if new:
+            with self._lock:
+                self._entries.append(entry)
+        entry.last_used = time.monotonic()
+        return entry, info
+
+    def load_all(self) -> None:
+        """Load every entry of the serving file (at start); an unknown model folder fails before any load."""
+        for entry in self.entries():
+            if entry.spec is not None:
+                self.default.manager.resolve(entry.spec.model)
+        for entry in self.entries():
+            spec = entry.spec
+            if spec is not None:
+                entry.manager.load(spec.model, dict(spec.options), spec.prompt_settings)
+
+    def unload(self, name: str | None = None) -> bool:
+        """Unload entry `name` (the default when None); entries added at run time leave the pool. False if empty."""
+        entry = self._default if name is None else self.find(name)
+        if entry is None:
+            raise self.unknown(name, param="name")
+        unloaded = entry.manager.unload()
+        if entry.spec is None and entry.fixed_name is not None:
+            with self._lock:
+                self._entries.remove(entry)
+            entry.close()
+        return unloaded
+
+    def cancel_all(self) -> int:
+        """Cancel every running and waiting generation of every entry."""
+        return sum(e.scheduler.cancel_all() for e in self.entries())
+
+    def close(self) -> None:
+        """Stop every worker and free every model."""
+        for entry in self.entries():
+            entry.close()
+
+    def _new_entry(self, name: str | None, spec: EntrySpec | None = None) -> PoolEntry:
+        manager = ModelManager(self.settings, self.model_dir, self._make_scheduler(), self.builtin)
+        return PoolEntry(manager, name, spec)
+
+    def _entry_for(self, name: str | None) -> tuple[PoolEntry, bool]:
+        if name is None:
+            return self._default, False
+        try:
+            check_entry_name(name)
+        except SettingsError as exc:
+            raise InvalidParameter(exc.message, param="name") from None
+        existing = self.find(name)
+        if existing is not None and existing.name == name:
+            return existing, False
+        return self._new_entry(name), True
+
+    def _load_on_demand(self, model: str) -> PoolEntry:
+        """Load a folder model for a request naming it, making room by the least recently used idle entry."""
+        with self._demand:
+            entry = self.find(model)
+            if entry is not None:  # loaded meanwhile by another request
+                return entry
+            loaded = [e for e in self.entries() if e.loader is not None]
+            if len(loaded) < self.max_loaded:
+                return self.load(model, model)[0]
+            victim = self._least_recently_used(loaded)
+            if victim.fixed_name is None:  # the unnamed entry follows its model: swap it in place
+                return self.load(model, None)[0]
+            log.info("unloading entry %s (least recently used) to load %s", victim.name, model)
+            self.unload(victim.name)
+            return self.load(model, model)[0]
+
+    def _least_recently_used(self, loaded: list[PoolEntry]) -> PoolEntry:
+        # The unnamed entry swaps in place (its requests finish first), as --load-on-demand always did.
+        candidates = [e for e in loaded if e.fixed_name is None or e.idle()]
+        if not candidates:
+            raise QueueFull(f"{len(loaded)} models are loaded and busy (max_loaded {self.max_loaded}); retry shortly")
+        return min(candidates, key=lambda e: e.last_used)
