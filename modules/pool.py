@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from modules.config import ModelSettings
 from modules.errors import InvalidParameter, ModelNotFound, ModelNotLoaded, QueueFull, SettingsError
 from modules.loaders.base import Loader, ModelInfo
-from modules.model_manager import ModelManager
+from modules.engine.local import LocalEngine
 from modules.scheduler import Scheduler
 from modules.serving import EntrySpec, ServingConfig, check_entry_name
 
@@ -23,21 +23,24 @@ log = logging.getLogger(__name__)
 
 
 class PoolEntry:
-    """One named place for a model: its manager (load, swap, unload) and its own scheduler."""
+    """One named place for a model: its engine (with its own scheduler worker and batch) and how it was configured."""
 
-    def __init__(self, manager: ModelManager, name: str | None = None, spec: EntrySpec | None = None):
-        self.manager = manager
-        self.fixed_name = name  # None: named after the model it serves (the pool of one of `--model X`)
+    def __init__(self, engine: LocalEngine, spec: EntrySpec | None = None):
+        self.engine = engine
+        self.manager = engine.manager  # load, swap, unload
         self.spec = spec
         self.version = spec.version if spec else ""
         self.last_used = time.monotonic()
 
     @property
+    def fixed_name(self) -> str | None:
+        """The configured name; None for the entry named after its model (the pool of one of `--model X`)."""
+        return self.engine.fixed_name
+
+    @property
     def name(self) -> str | None:
         """The name clients send as `model`; None for an unnamed entry with nothing loaded."""
-        if self.fixed_name is not None:
-            return self.fixed_name
-        return self.manager.info.name if self.manager.info is not None else None
+        return self.engine.name
 
     @property
     def scheduler(self) -> Scheduler:
@@ -59,15 +62,6 @@ class PoolEntry:
         stats = self.scheduler.stats()
         return not (stats["waiting"] or stats["active"])
 
-    def serving(self) -> Loader:
-        """The loader, or ModelNotLoaded naming the entry; marks the entry as used."""
-        loader = self.loader
-        if loader is None:
-            what = f"entry {self.fixed_name!r} has" if self.fixed_name else "no model is loaded; it has"
-            raise ModelNotLoaded(f"{what} no model loaded; load one with POST /v1/internal/model/load")
-        self.last_used = time.monotonic()
-        return loader
-
     def close(self) -> None:
         """Stop the worker and free the model."""
         self.scheduler.close()
@@ -79,13 +73,11 @@ class PoolEntry:
 class ModelPool:
     """Every entry, routing by name, and loads/unloads per entry; the default entry serves requests without `model`."""
 
-    def __init__(self, settings: ModelSettings, model_dir, builtin, make_scheduler: Callable[[], Scheduler],
+    def __init__(self, settings: ModelSettings, make_engine: Callable[[str | None], LocalEngine],
                  serving: ServingConfig | None = None):  # fmt: skip
         self.settings = settings
-        self.model_dir = model_dir
-        self.builtin = tuple(builtin)
         self.serving = serving
-        self._make_scheduler = make_scheduler
+        self._make_engine = make_engine  # a new entry's engine, with its own scheduler
         self._lock = threading.RLock()  # guards the entry list; loads run outside it
         self._demand = threading.Lock()  # one on-demand load at a time
         if serving is None:
@@ -136,12 +128,11 @@ class ModelPool:
 
     def route(self, requested: str | None) -> PoolEntry:
         """The entry that answers a request naming `requested`; 404 for unknown names, on-demand loads if enabled."""
-        if not requested:
-            return self._default
-        entry = self.find(requested)
+        entry = self.find(requested) if requested else self._default
         if entry is not None:
+            entry.last_used = time.monotonic()
             return entry
-        local = [e.name for e in self.manager_list()]
+        local = [e.name for e in self.folder_models()]
         if requested in local:
             if self.settings.load_on_demand:
                 return self._load_on_demand(requested)
@@ -150,17 +141,18 @@ class ModelPool:
                                 "POST /v1/internal/model/load", param="model")  # fmt: skip
         if self.strict:
             raise self.unknown(requested)
+        self._default.last_used = time.monotonic()
         return self._default
 
     def unknown(self, requested: str, param: str = "model") -> ModelNotFound:
         """ModelNotFound listing the names that exist, with a close match when there is one."""
         names = self.names()
-        close = difflib.get_close_matches(requested, names + [e.name for e in self.manager_list()], n=1)
+        close = difflib.get_close_matches(requested, names + [e.name for e in self.folder_models()], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return ModelNotFound(f"the model {requested!r} does not exist (served: {', '.join(names) or 'none'}){hint}",
                              param=param)  # fmt: skip
 
-    def manager_list(self):
+    def folder_models(self):
         """Every model in the models folder, then built-in ones."""
         return self._default.manager.list()
 
@@ -216,8 +208,7 @@ class ModelPool:
             entry.close()
 
     def _new_entry(self, name: str | None, spec: EntrySpec | None = None) -> PoolEntry:
-        manager = ModelManager(self.settings, self.model_dir, self._make_scheduler(), self.builtin)
-        return PoolEntry(manager, name, spec)
+        return PoolEntry(self._make_engine(name), spec)
 
     def _entry_for(self, name: str | None) -> tuple[PoolEntry, bool]:
         if name is None:

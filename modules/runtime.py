@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modules.config import Settings
+from modules.engine.local import LocalEngine
 from modules.handle import Pacing
 from modules.model_dir import LOADER_TRANSFORMERS, ModelEntry
 from modules.model_manager import ModelManager
@@ -55,14 +56,17 @@ def build_runtime(settings: Settings, serving: ServingConfig | None = None) -> R
 
     pacing = Pacing(interval=settings.model.stream_interval_ms / 1000)
 
-    def make_scheduler() -> Scheduler:
-        return Scheduler(max_queue=settings.model.max_queue, gather_s=settings.model.gather_ms / 1000, pacing=pacing)
-
-    pool = ModelPool(settings.model, settings.path(settings.model.model_dir), builtin_models(settings.root),
-                     make_scheduler, serving)  # fmt: skip
     prompts = PromptStore(
         settings.path("instruction-templates"),
         settings.path("characters"),
         settings.path("models/config.yaml"),
     )
+    model_dir, builtin = settings.path(settings.model.model_dir), builtin_models(settings.root)
+
+    def make_engine(name: str | None) -> LocalEngine:
+        scheduler = Scheduler(max_queue=settings.model.max_queue, gather_s=settings.model.gather_ms / 1000,
+                              pacing=pacing)  # fmt: skip
+        return LocalEngine(ModelManager(settings.model, model_dir, scheduler, builtin), prompts, settings, name)
+
+    pool = ModelPool(settings.model, make_engine, serving)
     return Runtime(settings=settings, pool=pool, prompts=prompts)

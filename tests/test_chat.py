@@ -293,11 +293,13 @@ def test_chat_instruct_mode_wraps_the_chat_in_the_instruction_template(runtime, 
 
 
 def test_a_long_character_still_gets_the_room_that_is_left(runtime):
-    from modules.chat.session import reply_request
+    from modules.chat.session import start_reply
 
     conversation = new_conversation(runtime.prompts, "chat", "Example")  # a persona of ~400 tiny-model tokens
     conversation.add_user("Hi")
-    request, context = reply_request(runtime, conversation, ChatOptions(), params(400))
+    generation, context = start_reply(runtime, conversation, ChatOptions(), params(400))
+    generation.cancel()
+    request = generation.handles[0].request
     assert context.prompt_tokens + request.max_tokens == 512 and request.max_tokens < 400
 
 

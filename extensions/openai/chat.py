@@ -7,14 +7,11 @@ from typing import Callable, Iterator
 from flask import Blueprint, Response, jsonify
 
 from extensions.openai import responses as R
-from extensions.openai.params import check_unknown, generation_request
-from extensions.openai.prompting import check_supported, prepare_chat_prompt
+from extensions.openai.params import chat_request, check_unknown
+from extensions.openai.prompting import check_supported
 from extensions.openai.schemas import ChatCompletionRequest
 from extensions.openai.sse import KEEPALIVE, event, stream
-from extensions.openai.state import (
-    ApiState, announced, entry_headers, parse, retried_on_model_change, serving_entry, state,
-)
-from modules.chat_prompt import PreparedPrompt
+from extensions.openai.state import ApiState, announced, parse, serving_engine, state
 from modules.handle import Handle
 
 bp = Blueprint("chat", __name__)
@@ -35,32 +32,21 @@ class Run:
 
 
 @announced
-@retried_on_model_change
 def start_chat(st: ApiState, req: ChatCompletionRequest) -> Run:
-    """Validate, render, tokenize and submit a chat request (in the request thread)."""
-    runtime = st.runtime
+    """Validate and hand a chat request to the engine of the entry it names (in the request thread)."""
     check_unknown(req, st.config.strict)
     check_supported(req)
-    entry, loader = serving_entry(req.model)
-    given = [v for v in (req.max_completion_tokens, req.max_tokens, req.max_new_tokens) if v is not None]
-    max_tokens = given[0] if given else runtime.settings.generation.max_new_tokens  # 0 is a 400, not "unset"
-    prepared = prepare_chat_prompt(runtime, req, loader, max_tokens, entry.manager.prompt_settings)
-    logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    gen = generation_request(
-        req, prepared.ids, loader.info, runtime.settings.generation, max_tokens=max_tokens, logprobs=logprobs,
-        extra_stop=prepared.stop, trim_leading_space=prepared.trim_reply_start,
-    )  # fmt: skip
-    handle = entry.scheduler.submit(gen)
-    headers = {**_template_header(prepared), **entry_headers(entry, loader)}
-    meta = R.ResponseMeta.new("chatcmpl", headers["X-Hearth-Model"], [loader.info.dtype, prepared.template])
+    gen = serving_engine(req.model).chat(chat_request(req))
+    handle, preview = gen.handles[0], gen.preview
+    meta = R.ResponseMeta.new("chatcmpl", gen.model, list(gen.fingerprint))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     keepalive = st.config.keepalive
+    headers = {"X-Hearth-Template": f"{preview.template} ({preview.template_source})", "X-Hearth-Model": gen.model}
     return Run(
-        handle=handle, meta=meta, token_bytes=loader.token_bytes, include_usage=include_usage,
-        headers=headers,
-        chunks=lambda: chat_chunks(meta, handle, include_usage, loader.token_bytes, keepalive),
-        body=lambda: R.chat_completion(meta, handle.result(), loader.token_bytes),
-        cancel=handle.cancel,
+        handle=handle, meta=meta, token_bytes=gen.token_bytes, include_usage=include_usage, headers=headers,
+        chunks=lambda: chat_chunks(meta, handle, include_usage, gen.token_bytes, keepalive),
+        body=lambda: R.chat_completion(meta, handle.result(), gen.token_bytes),
+        cancel=gen.cancel,
     )  # fmt: skip
 
 
@@ -117,20 +103,14 @@ def sse_response(body: Iterator[str], headers: dict[str, str] | None = None) -> 
     return response
 
 
-def _template_header(prepared: PreparedPrompt) -> dict[str, str]:
-    return {"X-Hearth-Template": f"{prepared.template} ({prepared.template_source})"}
-
-
 @bp.post("/v1/internal/chat-prompt")
 def chat_prompt():
     """The prompt a chat request would be rendered to, and which template made it."""
     st = state()
     req = parse(ChatCompletionRequest)
     check_unknown(req, st.config.strict)
-    entry, loader = serving_entry(req.model)
-    max_tokens = req.max_completion_tokens or req.max_tokens or st.runtime.settings.generation.max_new_tokens
-    prepared = prepare_chat_prompt(st.runtime, req, loader, max_tokens, entry.manager.prompt_settings)
+    preview = serving_engine(req.model).preview(chat_request(req))
     return jsonify(
-        {"prompt": prepared.text, "tokens": len(prepared.ids), "instruction_template": prepared.template,
-         "template_source": prepared.template_source, "stop": list(prepared.stop)}
+        {"prompt": preview.text, "tokens": preview.tokens, "instruction_template": preview.template,
+         "template_source": preview.template_source, "stop": list(preview.stop)}
     )  # fmt: skip

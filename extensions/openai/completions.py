@@ -10,21 +10,16 @@ from flask import Blueprint, jsonify
 from extensions.openai import responses as R
 from extensions.openai.chat import Run, sse_events, sse_response
 from extensions.openai.errors import APIError
-from extensions.openai.params import check_unknown, generation_request
+from extensions.openai.params import check_unknown, completion_request
 from extensions.openai.schemas import CompletionRequest
 from extensions.openai.sse import stream
-from extensions.openai.state import (
-    ApiState, announced, entry_headers, parse, retried_on_model_change, serving_entry, state,
-)
-from modules.errors import ContextTooLong, HearthError
+from extensions.openai.state import ApiState, announced, parse, serving_engine, state
 from modules.generation import Usage
 from modules.handle import Handle
-from modules.loaders.base import Loader
 
 bp = Blueprint("completions", __name__)
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions endpoint
-FIM_TOKENS = (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"))
 
 
 @bp.post("/v1/completions")
@@ -38,46 +33,25 @@ def completions():
 
 
 @announced
-@retried_on_model_change
 def start_completion(st: ApiState, req: CompletionRequest) -> Run:
-    """Validate, tokenize and submit every prompt of a completion request (in the request thread)."""
-    runtime = st.runtime
+    """Validate and hand every prompt of a completion request to the engine of the entry it names."""
     check_unknown(req, st.config.strict)
     n = req.n if req.n is not None else 1
     if req.best_of is not None and req.best_of != n:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
-    entry, loader = serving_entry(req.model)
-    prompts = [_prompt_ids(loader, p, req.suffix) for p in _prompt_list(req.prompt)]
-    context = loader.info.context_length
-    for ids, _ in prompts:
-        if len(ids) >= context:
-            raise ContextTooLong(f"the prompt is {len(ids)} tokens but the model's context is {context}", param="prompt")
-    max_tokens = _max_tokens(req)
-    echoes = [_echo(entry.scheduler, loader, ids, text, req) for ids, text in prompts] if req.echo else None
-    headers = entry_headers(entry, loader)
-    meta = R.ResponseMeta.new("cmpl", headers["X-Hearth-Model"], [loader.info.dtype])
+    gen = serving_engine(req.model).complete(completion_request(req, _max_tokens(req)))
+    meta = R.ResponseMeta.new("cmpl", gen.model, list(gen.fingerprint))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    if max_tokens == 0:  # echo only: score the prompt, generate nothing (lm-evaluation-harness does this)
-        chunks, body = _echo_only(meta, prompts, n, echoes, loader.token_bytes, req, include_usage)
-        return Run(None, meta, loader.token_bytes, include_usage, headers, chunks, body, lambda: None)
-    gens = [
-        generation_request(req, ids, loader.info, runtime.settings.generation, max_tokens=max_tokens,
-                           logprobs=req.logprobs)
-        for ids, _ in prompts
-    ]  # fmt: skip
-    handles = []
-    try:
-        handles += [entry.scheduler.submit(g) for g in gens]
-    except HearthError:  # e.g. the queue filled up or the model changed: the prompts already queued go too
-        for handle in handles:
-            handle.cancel()
-        raise
+    headers, token_bytes, handles, echoes = {"X-Hearth-Model": gen.model}, gen.token_bytes, gen.handles, gen.echoes
+    if not handles:  # echo only: the prompts scored, nothing generated
+        chunks, body = _echo_only(meta, gen.prompt_tokens, n, echoes, token_bytes, req, include_usage)
+        return Run(None, meta, token_bytes, include_usage, headers, chunks, body, lambda: None)
     keepalive = st.config.keepalive
     return Run(
-        handle=handles[0], meta=meta, token_bytes=loader.token_bytes, include_usage=include_usage, headers=headers,
-        chunks=lambda: completion_chunks(meta, handles, n, echoes, include_usage, loader.token_bytes, keepalive),
-        body=lambda: _completion_body(meta, handles, n, echoes, loader.token_bytes),
-        cancel=lambda: [h.cancel() for h in handles],
+        handle=handles[0], meta=meta, token_bytes=token_bytes, include_usage=include_usage, headers=headers,
+        chunks=lambda: completion_chunks(meta, handles, n, echoes, include_usage, token_bytes, keepalive),
+        body=lambda: _completion_body(meta, handles, n, echoes, token_bytes),
+        cancel=gen.cancel,
     )  # fmt: skip
 
 
@@ -88,57 +62,12 @@ def _max_tokens(req: CompletionRequest) -> int:
     return value
 
 
-def _prompt_list(prompt) -> list:
-    if isinstance(prompt, str):
-        return [prompt]
-    if not prompt:
-        raise APIError(400, "prompt must not be empty", param="prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
-    return list(prompt)
-
-
-def _prompt_ids(loader: Loader, prompt, suffix: str | None) -> tuple[list[int], str]:
-    """(token ids, prompt text) for one prompt; with `suffix`, a fill-in-the-middle prompt."""
-    if not isinstance(prompt, str):
-        bad = next((t for t in prompt if not 0 <= t < loader.info.vocab_size), None)
-        if bad is not None:
-            raise APIError(400, f"token id {bad} is outside the vocabulary (size {loader.info.vocab_size})",
-                           param="prompt")  # fmt: skip
-    text = prompt if isinstance(prompt, str) else loader.decode(prompt, skip_special_tokens=False)
-    if suffix is not None:
-        return loader.encode(_fim_prompt(loader, text, suffix)), text
-    if isinstance(prompt, str):
-        return loader.encode(prompt, add_special_tokens=True), text
-    return list(prompt), text
-
-
-def _fim_prompt(loader: Loader, prefix: str, suffix: str) -> str:
-    for pre, suf, mid in FIM_TOKENS:
-        if all(len(loader.encode(t)) == 1 for t in (pre, suf, mid)):
-            return f"{pre}{prefix}{suf}{suffix}{mid}"
-    raise APIError(400, "suffix needs a fill-in-the-middle model (one with <|fim_prefix|> tokens)", param="suffix")
-
-
-def _echo(scheduler, loader: Loader, ids: list[int], text: str, req: CompletionRequest) -> tuple[str, list]:
-    """The prompt text to echo and, when logprobs are asked, each prompt token's logprob (on the entry's worker)."""
-    if req.logprobs is None:
-        return text, []
-    top = req.logprobs
-    items = scheduler.run_exclusive(lambda model: model.prompt_logprobs(ids, top))
-    info = loader.info
-    bos_text = info.bos_token or "\x00"
-    if isinstance(text, str) and ids and ids[0] == info.bos_token_id and not text.startswith(bos_text):
-        items = items[1:]  # a BOS the tokenizer added is not part of the echoed text
-    return text, items
-
-
-def _echo_only(meta, prompts, n: int, echoes, token_bytes, req: CompletionRequest, include_usage: bool):
+def _echo_only(meta, prompt_tokens: int, n: int, echoes, token_bytes, req: CompletionRequest, include_usage: bool):
     choices = []
     for p, (text, items) in enumerate(echoes):
         logprobs = R.completion_logprobs(items, token_bytes, 0) if req.logprobs is not None else None
         choices += [R.completion_choice(p * n + j, text, "length", logprobs) for j in range(n)]
-    usage = Usage(sum(len(ids) for ids, _ in prompts), 0)
+    usage = Usage(prompt_tokens, 0)
 
     def chunks():
         yield R.completion_body(meta, choices, None, chunk=include_usage)

@@ -18,21 +18,21 @@ log = logging.getLogger(__name__)
 @bp.get("/v1/internal/model/list")
 def model_list():
     """Names of every model in the models folder."""
-    return jsonify({"model_names": [e.name for e in state().runtime.pool.manager_list()]})
+    return jsonify({"model_names": [e.name for e in state().runtime.pool.folder_models()]})
 
 
 @bp.get("/v1/internal/model/info")
 def model_info():
     """The default entry's model (text-generation-webui's fields) and, under `entries`, every pool entry."""
     runtime = state().runtime
-    entries = [entry_info(runtime, e, e is runtime.pool.default) for e in runtime.pool.entries()]
+    entries = [entry_info(e, e is runtime.pool.default) for e in runtime.pool.entries()]
     default = entries[0]
     if default["model_name"] == "None":
         return jsonify({"model_name": "None", "lora_names": [], "loading": default["loading"], "entries": entries})
     return jsonify({**{k: v for k, v in default.items() if k not in ("name", "default")}, "entries": entries})
 
 
-def entry_info(runtime, entry, default: bool) -> dict:
+def entry_info(entry, default: bool) -> dict:
     """One entry: its name, version and model, with the settings passed when it was loaded."""
     manager, info = entry.manager, entry.manager.info
     head = {"name": entry.name, "default": default, "version": entry.version}
@@ -41,18 +41,14 @@ def entry_info(runtime, entry, default: bool) -> dict:
     return {**head, "model_name": info.name, "lora_names": [], "loader": info.loader,
             "context_length": info.context_length, "dtype": info.dtype, "device": info.device,
             "parameters": info.parameters, "max_batch_size": manager.loader.capabilities.max_batch,
-            "instruction_template": detected_template(runtime, manager), "settings": dict(manager.prompt_settings),
+            "instruction_template": detected_template(entry.engine), "settings": dict(manager.prompt_settings),
             "load_options": dict(manager.load_options), "loading": manager.loading}  # fmt: skip
 
 
-def detected_template(runtime, manager) -> str:
+def detected_template(engine) -> str:
     """The instruction template a plain instruct request to this entry would use now."""
-    from modules.chat_prompt import model_prompt_info
-    from modules.prompts import PromptOptions
-
-    options = PromptOptions(instruction_template=manager.prompt_settings.get("instruction_template"))
-    rendered = runtime.prompts.render([{"role": "user", "content": "x"}], options, model_prompt_info(manager.loader))
-    return f"{rendered.template_name} ({rendered.template_source})"
+    name, source = engine.detected_template()
+    return f"{name} ({source})"
 
 
 @bp.post("/v1/internal/model/load")

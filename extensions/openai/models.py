@@ -23,7 +23,7 @@ def model_object(entry: ModelEntry, loaded: bool) -> dict:
 def _objects() -> list[dict]:
     """The pool's entries (named, with what they serve), then the other models of the folder."""
     pool = state().runtime.pool
-    folder = {e.name: e for e in pool.manager_list()}
+    folder = {e.name: e for e in pool.folder_models()}
     objects, listed = [], set()
     for entry in pool.entries():
         if entry.name is None:

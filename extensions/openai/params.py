@@ -1,25 +1,16 @@
-"""Turn validated request fields into the engine's GenerationRequest (request > model defaults > settings)."""
+"""Validated request bodies -> the engine's plain requests (the engine resolves what is left unset)."""
 from __future__ import annotations
 
 import logging
-from types import MappingProxyType
-from typing import Any, Mapping
 
 from pydantic import BaseModel
 
 from extensions.openai.errors import APIError
-from extensions.openai.schemas import SamplingFields
-from modules.config import GenerationSettings
-from modules.errors import InvalidParameter
-from modules.generation import GenerationRequest, SamplingParams
-from modules.loaders.base import ModelInfo
+from extensions.openai.prompting import flatten_messages
+from extensions.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from modules.engine import base as engine
 
 log = logging.getLogger(__name__)
-
-SAMPLER_FIELDS = (
-    "temperature", "top_p", "top_k", "min_p", "typical_p",
-    "repetition_penalty", "presence_penalty", "frequency_penalty",
-)  # fmt: skip
 
 
 def check_unknown(req: BaseModel, strict: bool) -> None:
@@ -32,61 +23,55 @@ def check_unknown(req: BaseModel, strict: bool) -> None:
     log.debug("ignoring unknown request fields: %s", ", ".join(unknown))
 
 
-def sampling_params(req: SamplingFields, info: ModelInfo, defaults: GenerationSettings) -> SamplingParams:
-    """Sampler settings: the request's values, else the model's generation_config, else settings.yaml."""
-    values: dict[str, Any] = {}
-    for name in SAMPLER_FIELDS:
-        value = getattr(req, name)
-        if value is None:
-            value = info.generation_defaults.get(name, getattr(defaults, name))
-        values[name] = value
-    seed = req.seed if req.seed is not None else defaults.seed
-    return SamplingParams(
-        **values,
-        logit_bias=MappingProxyType(_logit_bias(req.logit_bias)),
-        seed=None if seed is None or seed < 0 else seed,  # -1 (text-generation-webui) means random
-    )
+def sampler_values(req: SamplingFields) -> engine.SamplerValues:
+    """The request's sampler fields, None where unset."""
+    return engine.SamplerValues(
+        temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, typical_p=req.typical_p,
+        repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty, seed=req.seed, logit_bias=req.logit_bias,
+    )  # fmt: skip
 
 
-def generation_request(
-    req: SamplingFields,
-    prompt_ids: list[int],
-    info: ModelInfo,
-    defaults: GenerationSettings,
-    *,
-    max_tokens: int | None,
-    logprobs: int | None,
-    extra_stop: tuple[str, ...] = (),
-    trim_leading_space: bool = False,
-) -> GenerationRequest:
-    """The engine request for one prompt; validated, so a bad value is a 400 naming its parameter."""
-    room = info.context_length - len(prompt_ids)
-    gen = GenerationRequest(
-        prompt_ids=tuple(prompt_ids),
-        sampling=sampling_params(req, info, defaults),
-        max_tokens=None if max_tokens is None else min(max_tokens, max(room, 1)),
+def output_options(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> engine.OutputOptions:
+    """Length, stop and logprob options of a request."""
+    return engine.OutputOptions(
+        max_tokens=max_tokens,
         min_tokens=req.min_tokens or 0,
         n=req.n if req.n is not None else 1,
-        stop=req.stop_list + extra_stop,
+        stop=req.stop_list,
         stop_token_ids=tuple(req.stop_token_ids or ()),
         ban_eos=bool(req.ignore_eos or req.ban_eos_token),
         logprobs=logprobs,
-        model_id=info.name,
         skip_special_tokens=req.skip_special_tokens if req.skip_special_tokens is not None else True,
-        trim_leading_space=trim_leading_space,
     )
-    if max_tokens is not None and max_tokens < 1:
-        raise InvalidParameter(f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens")
-    gen.validate(info.vocab_size)
-    return gen
 
 
-def _logit_bias(raw: Mapping[str, float] | None) -> dict[int, float]:
-    bias: dict[int, float] = {}
-    for key, value in (raw or {}).items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise InvalidParameter(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
-        bias[token] = float(value)
-    return bias
+def chat_request(req: ChatCompletionRequest) -> engine.ChatRequest:
+    """The engine's chat request (max_tokens: max_completion_tokens, max_tokens or max_new_tokens; 0 is a 400)."""
+    given = [v for v in (req.max_completion_tokens, req.max_tokens, req.max_new_tokens) if v is not None]
+    prompt = engine.PromptChoices(
+        mode=req.mode, instruction_template=req.instruction_template,
+        instruction_template_str=req.instruction_template_str, chat_template_str=req.chat_template_str,
+        character=req.character, name1=req.name1, name2=req.name2, context=req.context, greeting=req.greeting,
+        user_bio=req.user_bio, chat_instruct_command=req.chat_instruct_command, continue_=req.continue_,
+    )  # fmt: skip
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    return engine.ChatRequest(tuple(flatten_messages(req.messages)), prompt, sampler_values(req),
+                              output_options(req, given[0] if given else None, logprobs))  # fmt: skip
+
+
+def completion_request(req: CompletionRequest, max_tokens: int) -> engine.CompletionRequest:
+    """The engine's completion request: every prompt as text or a tuple of token ids."""
+    prompts = tuple(p if isinstance(p, str) else tuple(p) for p in _prompt_list(req.prompt))
+    return engine.CompletionRequest(prompts, req.suffix, req.echo, sampler_values(req),
+                                    output_options(req, max_tokens, req.logprobs))  # fmt: skip
+
+
+def _prompt_list(prompt) -> list:
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return list(prompt)

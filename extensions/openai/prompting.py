@@ -1,13 +1,10 @@
-"""From a chat request to a rendered, tokenized prompt (runs in the request thread)."""
+"""What the HTTP layer checks of a chat request before the engine sees it: supported features, text-only parts."""
 from __future__ import annotations
 
 import logging
 from extensions.openai.errors import APIError
 from extensions.openai.schemas import ChatCompletionRequest, ChatMessage
-from modules.config import ChatSettings
-from modules.chat_prompt import PreparedPrompt, prepare_prompt
 from modules.generation import MAX_TOP_LOGPROBS
-from modules.loaders.base import Loader
 
 log = logging.getLogger(__name__)
 
@@ -58,38 +55,3 @@ def _text_part(part: dict, i: int, j: int) -> str:
     if kind in UNSUPPORTED_PARTS:
         raise APIError(400, f"{UNSUPPORTED_PARTS[kind]} input is not supported by this model", param=where)
     raise APIError(400, f"content parts must be {{'type': 'text', 'text': ...}}, got type {kind!r}", param=where)
-
-
-def prompt_options(req: ChatCompletionRequest, chat: ChatSettings, reserve: int, model_settings=None):
-    """PromptOptions: the request's values, else the loaded model's settings (model/load), else settings.yaml."""
-    from modules.prompts import PromptOptions
-
-    if req.instruction_template or req.instruction_template_str:
-        template, template_str = req.instruction_template, req.instruction_template_str
-    else:
-        model_settings = model_settings or {}
-        template = model_settings.get("instruction_template") or chat.instruction_template or None
-        template_str = model_settings.get("instruction_template_str")
-    return PromptOptions(
-        mode=req.mode or chat.mode,
-        instruction_template=template,
-        instruction_template_str=template_str,
-        chat_template_str=req.chat_template_str,
-        character=req.character or chat.character,
-        name1=req.name1 or chat.name1,
-        name2=req.name2,
-        context=req.context,
-        greeting=req.greeting,
-        user_bio=req.user_bio if req.user_bio is not None else chat.user_bio,
-        chat_instruct_command=req.chat_instruct_command or chat.chat_instruct_command,
-        continue_=req.continue_,
-        reserve_tokens=reserve,
-    )
-
-
-def prepare_chat_prompt(runtime, req: ChatCompletionRequest, loader: Loader, max_tokens: int,
-                        model_settings=None) -> PreparedPrompt:  # fmt: skip
-    """Render the conversation with the chosen template (`model_settings`: its pool entry's) and tokenize it."""
-    reserve = min(max_tokens, loader.info.context_length // 2)  # room for the reply when dropping old turns
-    options = prompt_options(req, runtime.settings.chat, reserve, model_settings)
-    return prepare_prompt(runtime.prompts, flatten_messages(req.messages), options, loader)

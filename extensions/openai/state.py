@@ -12,9 +12,7 @@ from flask import Flask, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
 from extensions.openai.errors import APIError, from_validation
-from modules.errors import ModelChanged
-from modules.loaders.base import Loader
-from modules.pool import PoolEntry
+from modules.engine.local import LocalEngine
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -84,20 +82,9 @@ def parse(model: type[M]) -> M:
         raise from_validation(exc) from None
 
 
-def serving_entry(requested: str | None) -> tuple[PoolEntry, Loader]:
-    """The pool entry that answers a request naming `requested`, and its loaded model (404 or 503 otherwise)."""
-    entry = state().runtime.pool.route(requested)
-    return entry, entry.serving()
-
-
-def serving_loader(requested: str | None) -> Loader:
-    """The loaded model that answers a request naming `requested`."""
-    return serving_entry(requested)[1]
-
-
-def entry_headers(entry: PoolEntry, loader: Loader) -> dict[str, str]:
-    """Response headers naming the pool entry that answered."""
-    return {"X-Hearth-Model": entry.name or loader.info.name}
+def serving_engine(requested: str | None) -> LocalEngine:
+    """The engine of the pool entry that answers a request naming `requested` (404 for an unknown name)."""
+    return state().runtime.pool.route(requested).engine
 
 
 def _reject_constant(name: str):
@@ -137,23 +124,5 @@ def announced(start: Callable[..., R]) -> Callable[..., R]:
             return start(st, *args, **kwargs)
         finally:
             arrival.done()
-
-    return wrapper
-
-
-def retried_on_model_change(start: Callable[..., R]) -> Callable[..., R]:
-    """`start` once more if the model was swapped while the request was being prepared (ModelChanged at submit).
-
-    Scheduler.submit() waits out a swap, so the second try renders and tokenizes for the new model; a request that
-    names the old model explicitly then gets its 404, as any request for a model that is not loaded.
-    """
-
-    @functools.wraps(start)
-    def wrapper(*args, **kwargs):
-        try:
-            return start(*args, **kwargs)
-        except ModelChanged:
-            log.info("the model changed while a request was prepared; preparing it again")
-            return start(*args, **kwargs)
 
     return wrapper

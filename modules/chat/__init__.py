@@ -10,7 +10,7 @@ from modules.chat.session import (
     detected_template,
     measure,
     new_conversation,
-    prompt_options,
+    start_reply,
 )
 
 __all__ = [
@@ -31,5 +31,5 @@ __all__ = [
     "measure",
     "new_conversation",
     "new_id",
-    "prompt_options",
+    "start_reply",
 ]

@@ -1,6 +1,6 @@
 """A browser tab's chat: send, regenerate, continue, remove last, stop, streamed through the shared scheduler.
 
-The prompt goes through modules.chat_prompt.prepare_prompt, the same path the API uses. Nothing here holds a
+Each reply is a ChatRequest to the picked pool entry's engine, the same path the API uses. Nothing here holds a
 lock while a reply is generated: each reply is one scheduler request, batched with everyone else's.
 """
 from __future__ import annotations
@@ -8,18 +8,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from modules.chat.conversation import Conversation
 from modules.chat.history import HistoryStore
-from modules.chat_prompt import PreparedPrompt, prepare_prompt
-from modules.errors import CharacterNotFound, ContextTooLong, ModelChanged, ModelNotLoaded
-from modules.generation import GenerationRequest, SamplingParams
+from modules.engine.base import ChatRequest, Generation, OutputOptions, PromptChoices, PromptPreview, SamplerValues
+from modules.engine.params import SAMPLER_FIELDS
+from modules.errors import CharacterNotFound, ModelNotLoaded
+from modules.generation import SamplingParams
 from modules.handle import Handle
-from modules.prompts import Character, PromptOptions
+from modules.prompts import Character
 from modules.prompts.characters import BUILTIN_ASSISTANT, replace_names
 from modules.prompts.types import DEFAULT_CHARACTER, DEFAULT_NAME1
 
+T = TypeVar("T")
 SAVE_EVERY = 2.0  # seconds between saves while a reply streams (it is always saved when it ends)
 
 
@@ -31,6 +33,7 @@ class ChatOptions:
     name1: str = ""  # the user's name; "" -> the character's `your_name`, else "You"
     user_bio: str = ""
     chat_instruct_command: str = ""
+    model: str = ""  # the pool entry to talk to; "" -> the default entry
 
 
 @dataclass(frozen=True)
@@ -55,53 +58,40 @@ class ContextInfo:
     dropped_messages: int = 0
 
 
-def prompt_options(runtime, conversation: Conversation, options: ChatOptions, *, continue_: bool = False,
-                   reserve: int = 0) -> PromptOptions:  # fmt: skip
-    """PromptOptions for this chat: the UI's choices, else the loaded model's prompt settings, else settings.yaml."""
-    chat = runtime.settings.chat
-    template, template_str = options.instruction_template or None, None
-    if template is None:
-        model_settings = runtime.models.prompt_settings  # e.g. a template chosen when the model was loaded
-        template = model_settings.get("instruction_template") or chat.instruction_template or None
-        template_str = model_settings.get("instruction_template_str")
-    return PromptOptions(
-        mode=conversation.mode,
-        instruction_template=template,
-        instruction_template_str=template_str,
-        character=conversation.character,
-        name1=options.name1 or None,
-        user_bio=options.user_bio if options.user_bio else chat.user_bio,
-        chat_instruct_command=options.chat_instruct_command or chat.chat_instruct_command,
+def chat_request(conversation: Conversation, options: ChatOptions, params: ReplyParams,
+                 continue_: bool = False) -> ChatRequest:  # fmt: skip
+    """The engine's request for the next reply: the tab's choices (blank ones left to the engine) and the preset."""
+    sampling = params.sampling
+    values = SamplerValues(**{name: getattr(sampling, name) for name in SAMPLER_FIELDS},
+                           seed=-1 if sampling.seed is None else sampling.seed, logit_bias=dict(sampling.logit_bias))
+    prompt = PromptChoices(
+        mode=conversation.mode, character=conversation.character,
+        instruction_template=options.instruction_template or None, name1=options.name1 or None,
+        user_bio=options.user_bio or None, chat_instruct_command=options.chat_instruct_command or None,
         continue_=continue_,
-        reserve_tokens=reserve,
-    )
+    )  # fmt: skip
+    output = OutputOptions(max_tokens=params.max_new_tokens, stop=tuple(params.stop), ban_eos=params.ban_eos)
+    return ChatRequest(tuple(conversation.messages), prompt, values, output, shrink_reply=True)
+
+
+def engine_for(runtime, options: ChatOptions):
+    """The engine of the pool entry the chat tab picked (the default entry when none is)."""
+    return runtime.pool.route(options.model or None).engine
 
 
 def measure(runtime, conversation: Conversation, options: ChatOptions, reserve: int = 0) -> ContextInfo:
     """The prompt the next reply would get, counted; ModelNotLoaded or ContextTooLong when it cannot be built."""
-    prepared, loader = _prepare(runtime, conversation, options, False, reserve)
-    return _context_info(loader.info, prepared)
+    engine = engine_for(runtime, options)
+    request = chat_request(conversation, options, ReplyParams(max_new_tokens=max(reserve, 1)))
+    return _context_info(engine.name, _ui_errors(lambda: engine.preview(request)))
 
 
-def reply_request(runtime, conversation: Conversation, options: ChatOptions, params: ReplyParams,
-                  continue_: bool = False) -> tuple[GenerationRequest, ContextInfo]:  # fmt: skip
-    """The scheduler request for the next reply (validated) and the context it fills."""
-    loader = runtime.models.loader
-    reserve = min(params.max_new_tokens, loader.info.context_length // 2) if loader else 0
-    prepared, loader = _prepare(runtime, conversation, options, continue_, reserve)
-    info = loader.info
-    room = max(info.context_length - len(prepared.ids), 1)
-    request = GenerationRequest(
-        prompt_ids=tuple(prepared.ids),
-        sampling=params.sampling,
-        max_tokens=min(params.max_new_tokens, room),
-        stop=tuple(params.stop) + prepared.stop,
-        ban_eos=params.ban_eos,
-        model_id=info.name,
-        trim_leading_space=prepared.trim_reply_start,
-    )
-    request.validate(info.vocab_size)
-    return request, _context_info(info, prepared)
+def start_reply(runtime, conversation: Conversation, options: ChatOptions, params: ReplyParams,
+                continue_: bool = False) -> tuple[Generation, ContextInfo]:  # fmt: skip
+    """Submit the next reply to the picked entry's engine; the generation and the context it fills."""
+    engine = engine_for(runtime, options)
+    gen = _ui_errors(lambda: engine.chat(chat_request(conversation, options, params, continue_)))
+    return gen, _context_info(gen.model, gen.preview)
 
 
 def character_card(prompts, name: str, name1: str = "") -> Character:
@@ -125,36 +115,25 @@ def new_conversation(prompts, mode: str, character: str, name1: str = "") -> Con
     return Conversation.new(mode, character, character_card(prompts, character, name1).greeting)
 
 
-def detected_template(runtime) -> tuple[str, str] | None:
-    """(template name, source) the loaded model's instruct prompts use, or None with no model loaded."""
-    from modules.chat_prompt import model_prompt_info
-
-    loader = runtime.models.loader
-    if loader is None:
-        return None
-    options = prompt_options(runtime, Conversation("instruct", DEFAULT_CHARACTER), ChatOptions())
-    rendered = runtime.prompts.render([{"role": "user", "content": "Hi"}], options, model_prompt_info(loader))
-    return rendered.template_name, rendered.template_source
-
-
-def _prepare(runtime, conversation, options, continue_, reserve):
-    loader = runtime.models.loader
-    if loader is None:
-        raise ModelNotLoaded("no model is loaded: pick one in the Model tab")
-    opts = prompt_options(runtime, conversation, options, continue_=continue_, reserve=reserve)
+def detected_template(runtime, model: str | None = None) -> tuple[str, str] | None:
+    """(template name, source) an entry's instruct prompts use (the default entry's), or None with no model."""
+    engine = runtime.pool.route(model).engine
     try:
-        return prepare_prompt(runtime.prompts, conversation.messages, opts, loader), loader
-    except ContextTooLong:
-        if reserve == 0:
-            raise
-    # Even the latest turn leaves less room than max_new_tokens: reply in whatever room is left.
-    opts = dataclasses.replace(opts, reserve_tokens=0)
-    return prepare_prompt(runtime.prompts, conversation.messages, opts, loader), loader
+        return engine.detected_template()
+    except ModelNotLoaded:
+        return None
 
 
-def _context_info(info, prepared: PreparedPrompt) -> ContextInfo:
-    return ContextInfo(info.name, len(prepared.ids), info.context_length, prepared.template,
-                       prepared.template_source, prepared.dropped_messages)  # fmt: skip
+def _ui_errors(start: Callable[[], T]) -> T:
+    try:
+        return start()
+    except ModelNotLoaded:
+        raise ModelNotLoaded("no model is loaded: pick one in the Model tab") from None
+
+
+def _context_info(model: str | None, preview: PromptPreview) -> ContextInfo:
+    return ContextInfo(model or "", preview.tokens, preview.context_length, preview.template,
+                       preview.template_source, preview.dropped_messages)  # fmt: skip
 
 
 class ChatSession:
@@ -214,12 +193,8 @@ class ChatSession:
         return text
 
     def _reply(self, conversation: Conversation, options, params, continue_: bool) -> Iterator[str]:
-        try:
-            request, self.context = reply_request(self.runtime, conversation, options, params, continue_)
-            handle = self.runtime.scheduler.submit(request)
-        except ModelChanged:  # the model was swapped while the prompt was prepared: prepare it for the new one
-            request, self.context = reply_request(self.runtime, conversation, options, params, continue_)
-            handle = self.runtime.scheduler.submit(request)
+        gen, self.context = start_reply(self.runtime, conversation, options, params, continue_)
+        handle = gen.handles[0]
         self._handle = handle
         if continue_:
             message = conversation.messages[-1]
