@@ -105,6 +105,7 @@ class LiveServer:
         from extensions.openai.script import announcing_handler
 
         handler = announcing_handler(app.extensions["hearth"].runtime.scheduler)  # the server.py one
+        self.app = app
         self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=handler)
         self.port = self.server.server_port
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -119,6 +120,19 @@ class LiveServer:
         """Shut the server down."""
         self.server.shutdown()
         self.server.server_close()
+
+
+def models_with_broken(models_root: Path, root: Path) -> Path:
+    """`root` holding copies of tiny-llama and tiny-gpt2 and a `broken` model whose weights cannot load."""
+    import shutil
+
+    for name in ("tiny-llama", "tiny-gpt2"):
+        shutil.copytree(models_root / name, root / name)
+    (root / "broken").mkdir()
+    (root / "broken" / "config.json").write_text('{"model_type": "llama"}')
+    (root / "broken" / "model.safetensors").write_bytes(b"\x00" * 4)
+    (root / "broken" / "tokenizer.json").write_text("{}")
+    return root
 
 
 def make_runtime(models_root: Path, **overrides):

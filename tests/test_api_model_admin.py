@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -10,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import LiveServer, make_runtime, with_server_settings
+from conftest import LiveServer, make_runtime, models_with_broken, with_server_settings
 
 ADMIN = {"Authorization": "Bearer admin-key"}
 USER = {"Authorization": "Bearer user-key"}
@@ -19,13 +18,7 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
 @pytest.fixture(scope="module")
 def admin_api(models_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("admin-models")
-    for name in ("tiny-llama", "tiny-gpt2"):
-        shutil.copytree(models_root / name, root / name)
-    (root / "broken").mkdir()
-    (root / "broken" / "config.json").write_text('{"model_type": "llama"}')
-    (root / "broken" / "model.safetensors").write_bytes(b"\x00" * 4)
-    (root / "broken" / "tokenizer.json").write_text("{}")
+    root = models_with_broken(models_root, tmp_path_factory.mktemp("admin-models"))
     runtime = make_runtime(root)
     runtime.models.load("tiny-llama")
     from extensions.openai.app import create_app

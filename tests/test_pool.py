@@ -1,14 +1,13 @@
 """The model pool: a serving file with two tiny models served at once, routed by `model`, managed per entry."""
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import ROOT, LiveServer, make_runtime
+from conftest import ROOT, LiveServer, make_runtime, models_with_broken
 
 PROMPTS = ["hello there", "count to three", "a b c d", "the cat sat"]
 SERVING = {
@@ -40,13 +39,7 @@ def pool_runtime(root, serving=SERVING, **overrides):
 
 @pytest.fixture(scope="module")
 def pool_root(models_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pool-models")
-    for name in ("tiny-llama", "tiny-gpt2"):
-        shutil.copytree(models_root / name, root / name)
-    (root / "broken").mkdir()
-    (root / "broken" / "config.json").write_text('{"model_type": "llama"}')
-    (root / "broken" / "model.safetensors").write_bytes(b"\x00" * 4)
-    return root
+    return models_with_broken(models_root, tmp_path_factory.mktemp("pool-models"))
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +279,19 @@ def test_server_serve_flag(tmp_path, pool_root):
     bad.write_text("models:\n  primary: {model: no-such-model}\n")
     result = run("--serve", str(bad), "--model-dir", str(pool_root), "--nowebui")
     assert result.returncode == 2 and "no-such-model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ui_chat_talks_to_the_picked_entry(pool_api, tmp_path):
+    from modules.chat import ChatOptions, ChatSession, HistoryStore, ReplyParams, new_conversation
+    from modules.generation import SamplingParams
+
+    runtime = pool_api.app.extensions["hearth"].runtime
+    session = ChatSession(runtime, HistoryStore(tmp_path), new_conversation(runtime.prompts, "instruct", "Assistant"))
+    params = ReplyParams(SamplingParams(temperature=0), max_new_tokens=8)
+    list(session.send(PROMPTS[0], ChatOptions(model="small"), params))
+    assert session.context.model == "small" and session.context.template == "ChatML"  # small's own setting
+    small_reply = session.conversation.last_reply()
+    api = chat(pool_api, PROMPTS[0], "small").json()["choices"][0]["message"]["content"]
+    assert small_reply == api  # the UI and the API share the engine's front half
+    list(session.regenerate(ChatOptions(), params))
+    assert session.context.model == "primary" and session.context.template == "model"

@@ -367,6 +367,35 @@ def test_load_model_from_model_tab(hearth, page):
 
 
 @pytest.mark.browser
+def test_model_tab_loads_a_pool_entry_and_the_chat_picks_it(hearth, page):
+    from playwright.sync_api import expect
+
+    open_ui(page, hearth.ui_url)
+    page.get_by_role("tab", name="Model").click()
+    choose(page, "Model", "tiny-gpt2")
+    entry = page.get_by_role("combobox", name="Pool entry", exact=True)
+    entry.fill("second")
+    entry.press("Enter")
+    page.click("#model-load")
+    expect(page.locator("#model-status")).to_contain_text("Loaded tiny-gpt2 in", timeout=60_000)
+    expect(page.locator("#model-status")).to_contain_text("second: tiny-gpt2")
+    expect(page.locator("#model-status")).to_contain_text("Loaded: tiny-llama")  # the default entry kept its model
+    page.get_by_role("tab", name="Chat").click()
+    choose(page, "Model", "second")
+    expect(page.locator("#context-info")).to_contain_text("tiny-gpt2")  # the model the picked entry serves
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert requests.post(hearth.api_url + "/chat/completions", json=body, timeout=30).json()["model"] == "tiny-llama"
+    answer = requests.post(hearth.api_url + "/chat/completions", json={**body, "model": "second"}, timeout=30)
+    assert answer.json()["model"] == "second" and answer.headers["X-Hearth-Model"] == "second"
+    page.get_by_role("tab", name="Model").click()
+    choose(page, "Pool entry", "second")
+    page.click("#model-unload")
+    expect(page.locator("#model-status")).to_contain_text("Unloaded tiny-gpt2")
+    gone = requests.post(hearth.api_url + "/chat/completions", json={**body, "model": "second"}, timeout=30)
+    assert gone.status_code == 200 and gone.json()["model"] == "tiny-llama"  # --model: other names go to the default
+
+
+@pytest.mark.browser
 def test_restart_finds_the_conversation(hearth, browser, page, user_data, trap):
     from playwright.sync_api import expect
 

@@ -79,6 +79,11 @@ def engine_for(runtime, options: ChatOptions):
     return runtime.pool.route(options.model or None).engine
 
 
+def entry_model(runtime, options: ChatOptions):
+    """Facts about the model of the entry the chat tab picked (ModelInfo), or None when it has none loaded."""
+    return engine_for(runtime, options).manager.info
+
+
 def measure(runtime, conversation: Conversation, options: ChatOptions, reserve: int = 0) -> ContextInfo:
     """The prompt the next reply would get, counted; ModelNotLoaded or ContextTooLong when it cannot be built."""
     engine = engine_for(runtime, options)

@@ -44,7 +44,9 @@ def build_ui(runtime) -> gr.Blocks:
         loaded = model_tab.wire(runtime, model)
         fn, inputs, outputs = chat.hooks["context"]
         defaults_fn, defaults_out = params_tab.model_defaults_hook(runtime, params)
+        models_fn, _, models_out = chat.hooks["models"]
         for event in loaded:  # a new model changes the token count, maybe the template and its sampler defaults
+            event.then(models_fn, outputs=models_out)
             event.then(fn, inputs=inputs, outputs=outputs)
             event.then(defaults_fn, outputs=defaults_out)
         fn, inputs, outputs = chat.hooks["page_load"]

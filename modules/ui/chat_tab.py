@@ -10,7 +10,9 @@ from typing import Callable
 
 import gradio as gr
 
-from modules.chat import ChatOptions, ChatSession, HistoryStore, character_card, measure, new_conversation
+from modules.chat import (
+    ChatOptions, ChatSession, HistoryStore, character_card, entry_model, measure, new_conversation,
+)
 from modules.errors import ContextTooLong, HearthError
 from modules.prompts import MODES
 from modules.ui import history_panel
@@ -44,17 +46,23 @@ class ChatTab:
     user_bio: gr.Textbox
     command: gr.Textbox
     history: history_panel.HistoryPanel
+    model: gr.Dropdown  # the pool entry to talk to
     hooks: dict[str, Callable] = field(default_factory=dict)
 
     @property
     def options_inputs(self) -> set:
         """Components that shape the prompt."""
-        return {self.template, self.name1, self.user_bio, self.command}
+        return {self.template, self.name1, self.user_bio, self.command, self.model}
 
     def options(self, data: dict) -> ChatOptions:
         """ChatOptions from an event's input values."""
         return ChatOptions(data[self.template] or "", (data[self.name1] or "").strip(), data[self.user_bio] or "",
-                           data[self.command] or "")  # fmt: skip
+                           data[self.command] or "", data[self.model] or "")  # fmt: skip
+
+
+def model_choices(runtime) -> list[tuple[str, str]]:
+    """The chat tab's model picker: the default entry, then every named pool entry."""
+    return [("Default", ""), *((name, name) for name in runtime.pool.names())]
 
 
 def new_session(runtime, store: HistoryStore) -> TabSession:
@@ -84,6 +92,8 @@ def build(runtime) -> ChatTab:
                                         variant="stop" if n == "Stop" else "secondary") for n in names}  # fmt: skip
             context = gr.Markdown(elem_id="context-info")
         with gr.Column(scale=1, min_width=280):
+            model = gr.Dropdown(model_choices(runtime), value="", label="Model", elem_id="chat-model",
+                                info="the pool entry that answers")  # fmt: skip
             mode = gr.Radio(list(MODES), value=chat.mode, label="Mode", elem_id="mode")
             characters = _character_names(prompts)
             character = gr.Dropdown(characters, value=chat.character, label="Character", elem_id="character")
@@ -98,7 +108,7 @@ def build(runtime) -> ChatTab:
                 command = gr.Textbox(chat.chat_instruct_command, label="Command for chat-instruct mode", lines=4)
             history = history_panel.build()
     return ChatTab(chatbot, text, send, buttons, context, mode, character, picture, card, template, name1,
-                   user_bio, command, history)  # fmt: skip
+                   user_bio, command, history, model)  # fmt: skip
 
 
 def wire(runtime, store: HistoryStore, state: gr.State, tab: ChatTab, params: ParamsTab) -> None:
@@ -147,7 +157,9 @@ def wire(runtime, store: HistoryStore, state: gr.State, tab: ChatTab, params: Pa
     tab.hooks.update(
         page_load=(lambda data: view.switch(data, keep_name=True), inputs, switched),
         context=(lambda data: view.context_text(data[state], data), inputs, tab.context),
+        models=(lambda: gr.update(choices=model_choices(runtime)), [], tab.model),
     )
+    tab.model.input(lambda data: view.context_text(data[state], data), inputs=inputs, outputs=tab.context)
 
 
 class _View:
@@ -197,7 +209,10 @@ class _View:
 
     def context_text(self, session: TabSession, data: dict) -> str:
         """How many tokens the chat fills in the loaded model's context."""
-        info = self.runtime.models.info
+        try:
+            info = entry_model(self.runtime, self.tab.options(data))
+        except HearthError as exc:
+            return exc.message[:1].upper() + exc.message[1:]
         if info is not None and not session.conversation.messages:
             return f"Empty chat · {info.name} · context {info.context_length} tokens"
         try:

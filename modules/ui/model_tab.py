@@ -1,4 +1,4 @@
-"""The Model tab: the models folder, load and unload with progress, loader options, the detected template."""
+"""The Model tab: the pool's entries, the models folder, load and unload per entry with progress, loader options."""
 from __future__ import annotations
 
 import threading
@@ -27,6 +27,7 @@ class ModelTab:
     """The tab's components."""
 
     model: gr.Dropdown
+    entry: gr.Dropdown  # the pool entry to load into or unload ("" = the default entry; a new name adds one)
     refresh: gr.Button
     loader: gr.Dropdown
     dtype: gr.Dropdown
@@ -46,6 +47,8 @@ def build(runtime) -> ModelTab:
     with gr.Row():
         model = gr.Dropdown(_choices(runtime), value=entry.name if entry else None, label="Model", scale=4,
                             elem_id="model-select", info=f"Models in {settings.model_dir}/")  # fmt: skip
+        pool_entry = gr.Dropdown(_entries(runtime), value="", label="Pool entry", scale=2, elem_id="model-entry",
+                                 allow_custom_value=True, info="a new name adds an entry")  # fmt: skip
         refresh = gr.Button("Refresh", elem_id="model-refresh", scale=0, min_width=80)
     with gr.Row():
         load = gr.Button("Load", variant="primary", elem_id="model-load")
@@ -60,40 +63,46 @@ def build(runtime) -> ModelTab:
             cpu = gr.Checkbox(settings.cpu, label="cpu (stay on the CPU even with a GPU)")
             trust = gr.Checkbox(settings.trust_remote_code, label="trust-remote-code")
     status = gr.Markdown(model_status(runtime), elem_id="model-status")
-    return ModelTab(model, refresh, loader, dtype, cpu, trust, threads, max_batch, load, unload, status)
+    return ModelTab(model, pool_entry, refresh, loader, dtype, cpu, trust, threads, max_batch, load, unload, status)
 
 
 def wire(runtime, tab: ModelTab) -> list:
     """Connect the buttons; returns the events after which the loaded model may have changed."""
 
-    def load(name, loader, dtype, cpu, trust, threads, max_batch):
+    def load(name, entry, loader, dtype, cpu, trust, threads, max_batch):
         if not name:
             yield "Pick a model first."
             return
         options = {"loader": None if loader == "auto" else loader, "dtype": dtype, "cpu": bool(cpu),
                    "trust_remote_code": bool(trust), "threads": int(threads or 0),
                    "max_batch_size": max(int(max_batch or 1), 1)}  # fmt: skip
-        yield from _load_with_progress(runtime, name, options)
+        yield from _load_with_progress(runtime, name, (entry or "").strip() or None, options)
 
-    def unload():
-        name = runtime.models.entry.name if runtime.models.entry else None
-        runtime.models.unload()
-        return f"Unloaded **{name}**." if name else "No model was loaded."
+    def unload(entry):
+        try:
+            name = runtime.pool.route(entry or None).model_name
+            runtime.pool.unload(entry or None)
+        except HearthError as exc:
+            return exc.message + "\n\n" + model_status(runtime)
+        return (f"Unloaded **{name}**." if name else "No model was loaded.") + "\n\n" + model_status(runtime)
 
     options = [tab.loader, tab.dtype, tab.cpu, tab.trust_remote_code, tab.threads, tab.max_batch_size]
-    tab.refresh.click(lambda: gr.update(choices=_choices(runtime)), outputs=tab.model)
-    loaded = tab.load.click(load, inputs=[tab.model, *options], outputs=tab.status, concurrency_limit=1)
-    unloaded = tab.unload.click(unload, outputs=tab.status, concurrency_limit=1)
+    tab.refresh.click(lambda: (gr.update(choices=_choices(runtime)), gr.update(choices=_entries(runtime))),
+                      outputs=[tab.model, tab.entry])  # fmt: skip
+    loaded = tab.load.click(load, inputs=[tab.model, tab.entry, *options], outputs=tab.status, concurrency_limit=1)
+    unloaded = tab.unload.click(unload, inputs=tab.entry, outputs=tab.status, concurrency_limit=1)
+    for event in (loaded, unloaded):
+        event.then(lambda: gr.update(choices=_entries(runtime)), outputs=tab.entry)
     return [loaded, unloaded]
 
 
-def _load_with_progress(runtime, name: str, options: dict):
-    """Load on a helper thread and report the seconds spent until it is done."""
+def _load_with_progress(runtime, name: str, entry: str | None, options: dict):
+    """Load into `entry` (None: the default) on a helper thread and report the seconds spent until it is done."""
     outcome: dict = {}
 
     def work():
         try:
-            runtime.models.load(name, options)
+            runtime.pool.load(name, entry, options)
         except HearthError as exc:
             outcome["error"] = exc.message
         except Exception as exc:  # shown in the tab instead of a bare "Error"
@@ -126,9 +135,24 @@ def model_status(runtime) -> str:
         template = f"**{name}** ({SOURCES.get(source, source)})"
     return (
         f"Loaded: **{info.name}** · loader {info.loader} · {info.device} · {info.dtype} · "
-        f"context {info.context_length} tokens\n\nInstruction template: {template}"
+        f"context {info.context_length} tokens\n\nInstruction template: {template}" + _pool_lines(runtime)
     )
 
 
+def _pool_lines(runtime) -> str:
+    """The pool's entries and what each serves, when there is more than the one default entry."""
+    entries = runtime.pool.entries()
+    if len(entries) < 2 and entries[0].fixed_name is None:
+        return ""
+    lines = [f"- **{e.name or '(default)'}**: {e.model_name or 'nothing loaded'}"
+             + (" · default" if i == 0 else "") + (f" · version {e.version}" if e.version else "")
+             for i, e in enumerate(entries)]  # fmt: skip
+    return "\n\nPool entries:\n" + "\n".join(lines)
+
+
 def _choices(runtime) -> list[str]:
-    return [entry.name for entry in runtime.models.list()]
+    return [entry.name for entry in runtime.pool.folder_models()]
+
+
+def _entries(runtime) -> list[tuple[str, str]]:
+    return [("default entry", ""), *((name, name) for name in runtime.pool.names())]
