@@ -5,19 +5,14 @@ import argparse
 import sys
 from typing import Any, NoReturn, Sequence
 
-LOADER_CHOICES = ("transformers", "llama.cpp", "exllamav2")
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+from modules.loaders.registry import LOAD_OPTIONS, LoadOption, loader_names
 
 # flag dest -> settings key ("section.field")
 OVERRIDES = {
     "model": "model.model",
     "model_dir": "model.model_dir",
     "loader": "model.loader",
-    "cpu": "model.cpu",
-    "dtype": "model.dtype",
-    "trust_remote_code": "model.trust_remote_code",
-    "threads": "model.threads",
-    "max_batch_size": "model.max_batch_size",
+    **{o.name: f"model.{o.name}" for o in LOAD_OPTIONS if o.flag},  # the loader registry's options
     "max_queue": "model.max_queue",
     "load_on_demand": "model.load_on_demand",
     "serve": "model.serve",
@@ -57,15 +52,34 @@ def port(value: str) -> int:
     return number
 
 
-def positive_int(value: str) -> int:
-    """An integer >= 1."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{number} must be at least 1")
-    return number
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{number} must be at least {minimum}")
+        return number
+
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def add_option_flag(group, option: LoadOption) -> None:
+    """The server.py flag of a load option, from its registry definition."""
+    flag = "--" + option.name.replace("_", "-")
+    if option.kind is bool:
+        group.add_argument(flag, action="store_true", help=option.help)
+    elif option.kind is int:
+        group.add_argument(flag, type=int_at_least(option.minimum or 0), help=option.help)
+    else:
+        group.add_argument(flag, choices=option.choices or None, help=option.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,12 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", help="model to load at start (a folder or .gguf name inside --model-dir)")
     m.add_argument("--model-dir", help="folder holding models (default: models)")
-    m.add_argument("--loader", choices=LOADER_CHOICES, help="backend; detected from the model folder when absent")
-    m.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
-    m.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype (auto: float32 on CPU, bf16/fp16 on GPU)")
-    m.add_argument("--trust-remote-code", action="store_true", help="allow model folders to run their own code")
-    m.add_argument("--threads", type=positive_int, help="torch CPU threads (default: all cores)")
-    m.add_argument("--max-batch-size", type=positive_int, help="sequences decoded together (default 8)")
+    m.add_argument("--loader", choices=loader_names(), help="backend; detected from the model folder when absent")
+    for option in LOAD_OPTIONS:
+        if option.flag:
+            add_option_flag(m, option)
     m.add_argument("--max-queue", type=positive_int, help="requests allowed to wait before 503 (default 64)")
     m.add_argument("--load-on-demand", action="store_true", help="load a model when a request names it")
     m.add_argument("--serve", metavar="FILE", help="serving file (YAML): several named models at once, by `model`")

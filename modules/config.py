@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from modules.errors import SettingsError
+from modules.samplers import SamplerFields
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +72,17 @@ class ModelSettings:
     swap_timeout: float = 60.0  # seconds a model swap waits for running requests before cancelling them
 
     def loader_options(self) -> dict[str, Any]:
-        """Options handed to Loader.load()."""
-        keys = ("cpu", "dtype", "trust_remote_code", "threads", "max_batch_size", "prefill_chunk", "prefix_cache_mb",
-                "cpu_prepack", "lean_decode")  # fmt: skip
-        return {k: getattr(self, k) for k in keys}
+        """Options handed to Loader.load(): settings.yaml's value of every load option the registry defines."""
+        from modules.loaders.registry import LOAD_OPTIONS
+
+        return {o.name: getattr(self, o.name) for o in LOAD_OPTIONS if hasattr(self, o.name)}
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    """Sampler defaults for requests that leave a value unset (the model's generation_config comes first)."""
+class GenerationSettings(SamplerFields):
+    """Sampler defaults for requests that leave a value unset (modules/samplers.py's fields, then these)."""
 
     max_new_tokens: int = 512
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
     seed: int = -1  # -1: random
 
 

@@ -4,13 +4,13 @@ Every layer speaks these types; none of them knows about HTTP, Gradio or torch.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
 from typing import Mapping
 
 from modules.errors import InvalidParameter
+from modules.samplers import SAMPLERS, SamplerFields, check_int, check_range
 
 # OpenAI caps logit_bias at +-100 and top_logprobs at 20; we keep the same limits.
 MAX_LOGIT_BIAS = 100.0
@@ -27,17 +27,9 @@ class FinishReason(str, Enum):
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """How the next token is chosen; temperature 0 means greedy."""
+class SamplingParams(SamplerFields):
+    """How the next token is chosen (the samplers of modules/samplers.py, then these); temperature 0 is greedy."""
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
     logit_bias: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
     seed: int | None = None
 
@@ -48,16 +40,10 @@ class SamplingParams:
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Raise InvalidParameter naming the first out-of-range value."""
-        _check_range("temperature", self.temperature, 0.0, 100.0)
-        _check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _check_int("top_k", self.top_k, 0, None)
-        _check_range("min_p", self.min_p, 0.0, 1.0)
-        _check_range("typical_p", self.typical_p, 0.0, 1.0, low_open=True)
-        _check_range("repetition_penalty", self.repetition_penalty, 0.0, 100.0, low_open=True)
-        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        for sampler in SAMPLERS:
+            sampler.check(getattr(self, sampler.name))
         if self.seed is not None:
-            _check_int("seed", self.seed, -(2**63), 2**64 - 1)
+            check_int("seed", self.seed, -(2**63), 2**64 - 1)
         for token, bias in self.logit_bias.items():
             if not isinstance(token, int) or isinstance(token, bool) or token < 0:
                 raise InvalidParameter(f"logit_bias keys must be token ids, got {token!r}", param="logit_bias")
@@ -65,7 +51,7 @@ class SamplingParams:
                 raise InvalidParameter(
                     f"logit_bias token id {token} is outside the vocabulary (size {vocab_size})", param="logit_bias"
                 )
-            _check_range("logit_bias", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+            check_range("logit_bias", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
 
 
 @dataclass(frozen=True)
@@ -94,17 +80,17 @@ class GenerationRequest:
             if bad is not None:
                 raise InvalidParameter(f"token id {bad} is outside the vocabulary (size {vocab_size})", param="prompt")
         if self.max_tokens is not None:
-            _check_int("max_tokens", self.max_tokens, 1, None)
-        _check_int("min_tokens", self.min_tokens, 0, None)
+            check_int("max_tokens", self.max_tokens, 1, None)
+        check_int("min_tokens", self.min_tokens, 0, None)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise InvalidParameter("min_tokens must not exceed max_tokens", param="min_tokens")
-        _check_int("n", self.n, 1, MAX_CHOICES)
+        check_int("n", self.n, 1, MAX_CHOICES)
         if self.logprobs is not None:
-            _check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
+            check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidParameter("stop strings must be non-empty strings", param="stop")
         for t in self.stop_token_ids:
-            _check_int("stop_token_ids", t, 0, (vocab_size - 1) if vocab_size else None)
+            check_int("stop_token_ids", t, 0, (vocab_size - 1) if vocab_size else None)
         self.sampling.validate(vocab_size)
 
 
@@ -158,19 +144,3 @@ class Completion:
 
     choices: tuple[Choice, ...]
     usage: Usage
-
-
-def _check_range(name: str, value, low: float, high: float, *, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidParameter(f"{name} must be a finite number, got {value!r}", param=name)
-    if value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise InvalidParameter(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}", param=name)
-
-
-def _check_int(name: str, value, low: int, high: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameter(f"{name} must be an integer, got {value!r}", param=name)
-    if value < low or (high is not None and value > high):
-        limit = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise InvalidParameter(f"{name} must be {limit}, got {value}", param=name)

@@ -1,15 +1,11 @@
-"""Model discovery: what is in the models folder, which loader fits each entry, and safe name resolution."""
+"""Model discovery: what is in the models folder (the loader registry says which loader fits), safe names."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from modules.errors import ModelNotFound
-
-LOADER_TRANSFORMERS = "transformers"
-LOADER_LLAMACPP = "llama.cpp"
-LOADER_EXLLAMAV2 = "exllamav2"
+from modules.loaders.registry import detect_loader
 
 
 @dataclass(frozen=True)
@@ -37,22 +33,6 @@ def safe_child(base: Path, name: str, what: str = "model") -> Path:
     if not real.is_relative_to(base_real) or real == base_real:
         raise ModelNotFound(f"{what} {name!r} points outside {base}")
     return candidate
-
-
-def detect_loader(path: Path) -> str | None:
-    """The loader that fits a models-folder entry, or None if it is not a model."""
-    if path.is_file():
-        return LOADER_LLAMACPP if path.suffix.lower() == ".gguf" else None
-    if not path.is_dir():
-        return None
-    if any(path.glob("*.gguf")):
-        return LOADER_LLAMACPP
-    config = path / "config.json"
-    if not config.is_file():
-        return None
-    if (path / "measurement.json").is_file() or _quant_method(config) == "exl2":
-        return LOADER_EXLLAMAV2
-    return LOADER_TRANSFORMERS
 
 
 def list_models(model_dir: Path, builtin: tuple[ModelEntry, ...] = ()) -> list[ModelEntry]:
@@ -85,12 +65,3 @@ def resolve_model(model_dir: Path, name: str, builtin: tuple[ModelEntry, ...] = 
     if path.exists():
         raise ModelNotFound(f"{name!r} in {model_dir} is not a model (no config.json or .gguf file)")
     raise ModelNotFound(f"model {name!r} not found in {model_dir}")
-
-
-def _quant_method(config: Path) -> str | None:
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    quant = data.get("quantization_config") if isinstance(data, dict) else None
-    return quant.get("quant_method") if isinstance(quant, dict) else None

@@ -10,10 +10,9 @@ from typing import Any, Mapping
 
 from modules.config import ModelSettings
 from modules.errors import ModelLoadError, ModelNotFound
-from modules.loaders import get_loader_class
+from modules.loaders.registry import LoaderSpec, get_loader_class, get_spec
 from modules.loaders.base import Loader, ModelInfo
-from modules.loaders.hf_files import check_model_folder
-from modules.model_dir import LOADER_TRANSFORMERS, ModelEntry, list_models, resolve_model
+from modules.model_dir import ModelEntry, list_models, resolve_model
 from modules.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -75,11 +74,11 @@ class ModelManager:
         entry = self.resolve(name)
         merged = {**self.settings.loader_options(), **(options or {})}
         loader_name = merged.pop("loader", None) or self.settings.loader or entry.loader
-        loader_cls = get_loader_class(loader_name)
+        spec = get_spec(loader_name)
         with self._lock:
             self._loading = name
             try:
-                info = self._swap_in(entry, loader_cls, merged)
+                info = self._swap_in(entry, spec, merged)
                 self.prompt_settings = MappingProxyType(dict(prompt_settings or {}))
                 return info
             finally:
@@ -97,9 +96,10 @@ class ModelManager:
             log.info("Unloaded %s", old.info.name)
             return True
 
-    def _swap_in(self, entry: ModelEntry, loader_cls, options: dict) -> ModelInfo:
-        if loader_cls.name == LOADER_TRANSFORMERS:
-            check_model_folder(entry.path)
+    def _swap_in(self, entry: ModelEntry, spec: LoaderSpec, options: dict) -> ModelInfo:
+        if spec.check is not None:
+            spec.check(entry.path)
+        loader_cls = get_loader_class(spec.name)
         started = time.monotonic()
         log.info("Loading %s with the %s loader", entry.name, loader_cls.name)
         # The old model keeps serving while the new one loads; a failure leaves it untouched.

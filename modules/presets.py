@@ -6,7 +6,6 @@ text-generation-webui presets load unchanged. `do_sample: false` means greedy, a
 from __future__ import annotations
 
 import ast
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -16,15 +15,13 @@ from typing import Any, Mapping
 
 from modules.errors import HearthError, InvalidParameter
 from modules.generation import SamplingParams
+from modules.samplers import DEFAULTS, SAMPLER_NAMES, SAMPLERS
 
 log = logging.getLogger(__name__)
 
-SAMPLER_KEYS = (
-    "temperature", "top_p", "top_k", "min_p", "typical_p",
-    "repetition_penalty", "presence_penalty", "frequency_penalty",
-)  # fmt: skip
-INT_KEYS = ("top_k",)
-NEUTRAL = MappingProxyType({f.name: f.default for f in dataclasses.fields(SamplingParams) if f.name in SAMPLER_KEYS})
+SAMPLER_KEYS = SAMPLER_NAMES
+INT_KEYS = tuple(s.name for s in SAMPLERS if s.kind is int)
+NEUTRAL = MappingProxyType(dict(DEFAULTS))
 
 
 class PresetError(HearthError):

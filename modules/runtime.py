@@ -8,7 +8,8 @@ from pathlib import Path
 from modules.config import Settings
 from modules.engine.local import LocalEngine
 from modules.handle import Pacing
-from modules.model_dir import LOADER_TRANSFORMERS, ModelEntry
+from modules.loaders.registry import detect_loader
+from modules.model_dir import ModelEntry
 from modules.model_manager import ModelManager
 from modules.pool import ModelPool
 from modules.scheduler import Scheduler
@@ -45,9 +46,8 @@ class Runtime:
 def builtin_models(root: Path) -> tuple[ModelEntry, ...]:
     """Models shipped with Hearth (the demo model), if present."""
     demo = root / "demo" / DEMO_MODEL
-    if (demo / "config.json").is_file():
-        return (ModelEntry(DEMO_MODEL, demo, LOADER_TRANSFORMERS, builtin=True),)
-    return ()
+    loader = detect_loader(demo)
+    return (ModelEntry(DEMO_MODEL, demo, loader, builtin=True),) if loader else ()
 
 
 def build_runtime(settings: Settings, serving: ServingConfig | None = None) -> Runtime:

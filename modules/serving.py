@@ -3,7 +3,7 @@
 ```yaml
 models:
   primary: {model: Qwen_Qwen2.5-0.5B-Instruct, loader: transformers, version: "2"}
-  small: {model: hearth-demo, instruction_template: ChatML, max_batch_size: 4}
+  small: {model: hearth-demo, instruction_template: ChatML, max_batch_size: 4, temperature: 0}
 default: primary
 ```
 Parsed into frozen dataclasses; any mistake is a SettingsError naming the key (server.py prints it, exits 2).
@@ -16,12 +16,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from modules.errors import SettingsError
+from modules.errors import InvalidParameter, SettingsError
+from modules.loaders.registry import checked_options, option_names
+from modules.samplers import SAMPLER_NAMES, checked_values
 
-# Load options an entry may set (the same names as POST /v1/internal/model/load's `args`).
-LOAD_OPTIONS = frozenset({"loader", "cpu", "dtype", "trust_remote_code", "threads", "max_batch_size", "prefill_chunk",
-                          "prefix_cache_mb", "device_map", "cpu_prepack", "lean_decode"})  # fmt: skip
 PROMPT_SETTINGS = frozenset({"instruction_template", "instruction_template_str"})
+# What an entry may set besides load options: its prompt format and its sampler defaults (below the request's).
+ENTRY_SETTINGS = PROMPT_SETTINGS | frozenset(SAMPLER_NAMES) | {"seed"}
 ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # no ':' (it separates MODEL:VERSION), no '/'
 
 
@@ -33,7 +34,7 @@ class EntrySpec:
     model: str
     version: str = ""
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    prompt_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    prompt_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # ENTRY_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,23 @@ def _entry(name: object, spec: object, where: str) -> EntrySpec:
     version = spec.pop("version", "")
     if not isinstance(version, (str, int, float)) or isinstance(version, bool):
         raise SettingsError(f"{where}: models.{name}.version must be a string")
-    prompt = {k: spec.pop(k) for k in sorted(PROMPT_SETTINGS & set(spec))}
-    unknown = sorted(set(spec) - LOAD_OPTIONS)
+    settings = {k: spec.pop(k) for k in sorted(ENTRY_SETTINGS & set(spec))}
+    unknown = sorted(set(spec) - set(option_names()))
     if unknown:
-        known = ", ".join(sorted(LOAD_OPTIONS | PROMPT_SETTINGS | {"model", "version"}))
+        known = ", ".join(sorted({*option_names(), *ENTRY_SETTINGS, "model", "version"}))
         raise SettingsError(f"{where}: unknown option models.{name}.{unknown[0]} (known: {known})")
-    return EntrySpec(name, model, str(version), MappingProxyType(spec), MappingProxyType(prompt))
+    try:
+        options = checked_options(spec, f"models.{name}")
+        settings = checked_settings(settings, f"models.{name}")
+    except InvalidParameter as exc:
+        raise SettingsError(f"{where}: {exc.message}") from None
+    return EntrySpec(name, model, str(version), MappingProxyType(options), MappingProxyType(settings))
+
+
+def checked_settings(settings: dict, where: str) -> dict:
+    """Entry settings with sampler values checked (InvalidParameter naming `where.key`) and templates as strings."""
+    for key in PROMPT_SETTINGS & set(settings):
+        if not isinstance(settings[key], str):
+            raise InvalidParameter(f"{where}.{key} must be a string", param=f"{where}.{key}")
+    checked_values({k: v for k, v in settings.items() if k not in PROMPT_SETTINGS}, where)
+    return settings

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from extensions.openai.schemas import ChatCompletionRequest, CompletionRequest
+from modules.samplers import SAMPLER_NAMES
 
-SAMPLER_KEYS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty", "presence_penalty",
-                "frequency_penalty", "seed", "ban_eos_token", "min_tokens")  # fmt: skip
+SAMPLER_KEYS = (*SAMPLER_NAMES, "seed", "ban_eos_token", "min_tokens")
 GREETING_MARKER = "<|BEGIN-VISIBLE-CHAT|>"  # text-generation-webui's user side of the greeting pair
 
 

@@ -9,7 +9,8 @@ from extensions.openai.errors import APIError
 from extensions.openai.schemas import LoadModelRequest, UnloadModelRequest
 from extensions.openai.state import parse, state
 from modules.errors import ModelNotFound
-from modules.serving import LOAD_OPTIONS as LOAD_ARGS, PROMPT_SETTINGS
+from modules.loaders.registry import checked_options, option_names
+from modules.serving import ENTRY_SETTINGS, checked_settings
 
 bp = Blueprint("model_admin", __name__)
 log = logging.getLogger(__name__)
@@ -60,10 +61,11 @@ def model_load():
     req = parse(LoadModelRequest)
     options, ignored = _load_options(req.args or {}, state().config.strict)
     settings = req.settings or {}
-    unknown = sorted(set(settings) - PROMPT_SETTINGS)
+    unknown = sorted(set(settings) - ENTRY_SETTINGS)
     if unknown:
-        raise APIError(400, f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(PROMPT_SETTINGS))})",
+        raise APIError(400, f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(ENTRY_SETTINGS))})",
                        param=f"settings.{unknown[0]}")  # fmt: skip
+    settings = checked_settings(dict(settings), "settings")
     if "instruction_template" in settings:
         runtime.prompts.load_template(settings["instruction_template"])  # unknown name: 400 before loading
     try:
@@ -81,7 +83,7 @@ def _load_options(args: dict, strict: bool) -> tuple[dict, list[str]]:
     Other loaders' arguments (text-generation-webui's example sends load_in_4bit and n_gpu_layers) are ignored and
     reported, so scripts written for text-generation-webui keep working; --strict-api makes them a 400.
     """
-    known = LOAD_ARGS | {"bf16"}
+    known = {*option_names(), "bf16"}
     unknown = sorted(set(args) - known)
     if unknown and strict:
         raise APIError(400, f"unsupported loader argument {unknown[0]!r} (supported: {', '.join(sorted(known))})",
@@ -91,7 +93,7 @@ def _load_options(args: dict, strict: bool) -> tuple[dict, list[str]]:
     options = {key: value for key, value in args.items() if key in known}
     if options.pop("bf16", False):
         options["dtype"] = "bfloat16"
-    return options, unknown
+    return checked_options(options), unknown
 
 
 @bp.post("/v1/internal/model/unload")

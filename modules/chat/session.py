@@ -13,11 +13,11 @@ from typing import Callable, Iterator, TypeVar
 from modules.chat.conversation import Conversation
 from modules.chat.history import HistoryStore
 from modules.engine.base import ChatRequest, Generation, OutputOptions, PromptChoices, PromptPreview, SamplerValues
-from modules.engine.params import SAMPLER_FIELDS
 from modules.errors import CharacterNotFound, ModelNotLoaded
 from modules.generation import SamplingParams
 from modules.handle import Handle
 from modules.prompts import Character
+from modules.samplers import SAMPLER_NAMES
 from modules.prompts.characters import BUILTIN_ASSISTANT, replace_names
 from modules.prompts.types import DEFAULT_CHARACTER, DEFAULT_NAME1
 
@@ -62,7 +62,7 @@ def chat_request(conversation: Conversation, options: ChatOptions, params: Reply
                  continue_: bool = False) -> ChatRequest:  # fmt: skip
     """The engine's request for the next reply: the tab's choices (blank ones left to the engine) and the preset."""
     sampling = params.sampling
-    values = SamplerValues(**{name: getattr(sampling, name) for name in SAMPLER_FIELDS},
+    values = SamplerValues(**{name: getattr(sampling, name) for name in SAMPLER_NAMES},
                            seed=-1 if sampling.seed is None else sampling.seed, logit_bias=dict(sampling.logit_bias))
     prompt = PromptChoices(
         mode=conversation.mode, character=conversation.character,

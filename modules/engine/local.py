@@ -14,7 +14,9 @@ from modules.engine.base import (
 from modules.engine.params import generation_request, prompt_options, sampling_params
 from modules.errors import ContextTooLong, HearthError, InvalidParameter, ModelChanged, ModelNotLoaded
 from modules.loaders.base import Loader
+from modules.loaders.registry import capabilities_of
 from modules.model_manager import ModelManager
+from modules.samplers import SAMPLER_NAMES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,9 +42,12 @@ class LocalEngine(Engine):
 
     @property
     def capabilities(self) -> Capabilities:
-        """Everything Hearth does locally; logits and batch size from the loaded model."""
-        caps = self.loader().capabilities
-        return Capabilities(logits=caps.logits, max_batch=caps.max_batch)
+        """What the loader declares in the registry, and what the loaded model reports (logits, batch size)."""
+        loader = self.loader()
+        declared = capabilities_of(loader.info.loader)
+        flags = {f: f in declared for f in ("templates", "token_ids", "logprobs", "prompt_logprobs", "logits")}
+        flags["logits"] = flags["logits"] and loader.capabilities.logits
+        return Capabilities(**flags, max_batch=loader.capabilities.max_batch)
 
     def loader(self) -> Loader:
         """The loaded model, or ModelNotLoaded naming the entry."""
@@ -84,6 +89,14 @@ class LocalEngine(Engine):
         found = self.manager.scheduler.run_exclusive(lambda model: model.next_token_probs(ids, params, top))
         return [TokenProb(t, loader.token_bytes(t), p) for t, p in found]
 
+    def sampler_defaults(self) -> tuple[dict, dict]:
+        """(every sampler's value for a request that sets none, the ones the entry or the model chose)."""
+        loader = self.loader()
+        entry = self.manager.prompt_settings
+        resolved = sampling_params(SamplerValues(), loader.info, self.settings.generation, entry)
+        own = {k: v for k, v in {**loader.info.generation_defaults, **entry}.items() if k in SAMPLER_NAMES}
+        return {name: getattr(resolved, name) for name in SAMPLER_NAMES}, own
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, BOS included when the model adds one."""
         return self.loader().encode(text, add_special_tokens=True)
@@ -104,6 +117,7 @@ class LocalEngine(Engine):
     # ---- request threads ----------------------------------------------------------------------------------
     def _chat(self, request: ChatRequest) -> Generation:
         loader = self.loader()
+        self._check(request.output)
         prepared = self._prepare(request, loader)
         gen = generation_request(prepared.ids, request.sampling, request.output, loader.info, self.settings.generation,
                                  self.manager.prompt_settings, extra_stop=prepared.stop,
@@ -111,6 +125,14 @@ class LocalEngine(Engine):
         handle = self.manager.scheduler.submit(gen)
         return Generation(self.name or loader.info.name, [handle], loader.token_bytes,
                           (loader.info.dtype, prepared.template), preview=_preview(prepared, loader))  # fmt: skip
+
+    def _check(self, output) -> None:
+        """Refuse what the loader cannot do, naming the parameter."""
+        caps = self.capabilities
+        if output.logprobs is not None:
+            caps.require("logprobs", "logprobs", "logprobs")
+        if output.stop_token_ids:
+            caps.require("token_ids", "stop_token_ids", "stop_token_ids")
 
     def _prepare(self, request: ChatRequest, loader: Loader) -> PreparedPrompt:
         max_tokens = request.output.max_tokens or self.settings.generation.max_new_tokens
@@ -128,8 +150,11 @@ class LocalEngine(Engine):
     def _complete(self, request: CompletionRequest) -> Generation:
         loader = self.loader()
         info = loader.info
+        self._check(request.output)
         if request.echo and request.output.logprobs is not None:
             self.capabilities.require("prompt_logprobs", "logprobs", "logprobs of an echoed prompt")
+        if any(not isinstance(p, str) for p in request.prompts):
+            self.capabilities.require("token_ids", "prompt", "a prompt of token ids")
         prompts = [self._prompt_ids(loader, p, request.suffix) for p in request.prompts]
         for ids, _ in prompts:
             if len(ids) >= info.context_length:

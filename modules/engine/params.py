@@ -5,7 +5,6 @@ else settings.yaml (Hearth's defaults).
 """
 from __future__ import annotations
 
-from dataclasses import fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -14,8 +13,7 @@ from modules.engine.base import OutputOptions, PromptChoices, SamplerValues
 from modules.errors import InvalidParameter
 from modules.generation import GenerationRequest, SamplingParams
 from modules.loaders.base import ModelInfo
-
-SAMPLER_FIELDS = tuple(f.name for f in fields(SamplerValues) if f.name not in ("seed", "logit_bias"))
+from modules.samplers import SAMPLER_NAMES
 
 
 def sampling_params(values: SamplerValues, info: ModelInfo, defaults: GenerationSettings,
@@ -23,7 +21,7 @@ def sampling_params(values: SamplerValues, info: ModelInfo, defaults: Generation
     """Sampler settings: the request's values, else the entry's, else the model's generation_config, else Hearth's."""
     entry = entry or {}
     resolved: dict[str, Any] = {}
-    for name in SAMPLER_FIELDS:
+    for name in SAMPLER_NAMES:
         value = getattr(values, name)
         if value is None:
             value = entry.get(name, info.generation_defaults.get(name, getattr(defaults, name)))

@@ -64,3 +64,13 @@ def _check_safetensors(file: Path) -> None:
     ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
     if 8 + header_len + max(ends, default=0) > size:
         raise ModelLoadError(f"{file.parent.name}: {file.name} is truncated (incomplete download?)")
+
+
+def quant_method(config: Path) -> str | None:
+    """config.json's quantization_config.quant_method (e.g. "exl2"), or None."""
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    quant = data.get("quantization_config") if isinstance(data, dict) else None
+    return quant.get("quant_method") if isinstance(quant, dict) else None

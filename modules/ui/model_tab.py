@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from modules.chat import detected_template
-from modules.cli import DTYPE_CHOICES
 from modules.errors import HearthError
-from modules.loaders import LOADERS
+from modules.loaders.registry import LOAD_OPTIONS, OPTIONS_BY_NAME, LoadOption, checked_options, loader_names
 
 PROGRESS_EVERY = 0.5  # seconds between progress lines while a model loads
 SOURCES = {
@@ -29,12 +28,7 @@ class ModelTab:
     model: gr.Dropdown
     entry: gr.Dropdown  # the pool entry to load into or unload ("" = the default entry; a new name adds one)
     refresh: gr.Button
-    loader: gr.Dropdown
-    dtype: gr.Dropdown
-    cpu: gr.Checkbox
-    trust_remote_code: gr.Checkbox
-    threads: gr.Number
-    max_batch_size: gr.Number
+    options: dict[str, gr.components.Component]  # "loader" and the registry's UI options, by name
     load: gr.Button
     unload: gr.Button
     status: gr.Markdown
@@ -54,28 +48,42 @@ def build(runtime) -> ModelTab:
         load = gr.Button("Load", variant="primary", elem_id="model-load")
         unload = gr.Button("Unload", elem_id="model-unload")
     with gr.Accordion("Loader options", open=True):
+        options = {"loader": gr.Dropdown(["auto", *loader_names()], value=settings.loader or "auto", label="loader")}
         with gr.Row():
-            loader = gr.Dropdown(["auto", *sorted(LOADERS)], value=settings.loader or "auto", label="loader")
-            dtype = gr.Dropdown(list(DTYPE_CHOICES), value=settings.dtype, label="dtype")
-            threads = gr.Number(settings.threads, precision=0, minimum=0, label="CPU threads (0 = all)")
-            max_batch = gr.Number(settings.max_batch_size, precision=0, minimum=1, label="max batch size")
-        with gr.Row():
-            cpu = gr.Checkbox(settings.cpu, label="cpu (stay on the CPU even with a GPU)")
-            trust = gr.Checkbox(settings.trust_remote_code, label="trust-remote-code")
+            for option in LOAD_OPTIONS:
+                if option.ui:
+                    options[option.name] = option_field(option, getattr(settings, option.name))
     status = gr.Markdown(model_status(runtime), elem_id="model-status")
-    return ModelTab(model, pool_entry, refresh, loader, dtype, cpu, trust, threads, max_batch, load, unload, status)
+    return ModelTab(model, pool_entry, refresh, options, load, unload, status)
+
+
+def option_field(option: LoadOption, value):
+    """The Model tab's field for a load option, from its registry definition."""
+    label = f"{option.name} ({option.help})"
+    if option.kind is bool:
+        return gr.Checkbox(value, label=label)
+    if option.choices:
+        return gr.Dropdown(list(option.choices), value=value, label=label)
+    return gr.Number(value, precision=0, minimum=option.minimum, label=label)
 
 
 def wire(runtime, tab: ModelTab) -> list:
     """Connect the buttons; returns the events after which the loaded model may have changed."""
 
-    def load(name, entry, loader, dtype, cpu, trust, threads, max_batch):
+    names = list(tab.options)
+
+    def load(name, entry, *values):
         if not name:
             yield "Pick a model first."
             return
-        options = {"loader": None if loader == "auto" else loader, "dtype": dtype, "cpu": bool(cpu),
-                   "trust_remote_code": bool(trust), "threads": int(threads or 0),
-                   "max_batch_size": max(int(max_batch or 1), 1)}  # fmt: skip
+        options = {key: OPTIONS_BY_NAME[key].kind(value or 0) if key in OPTIONS_BY_NAME else value
+                   for key, value in zip(names, values)}  # fmt: skip
+        options["loader"] = None if options["loader"] == "auto" else options["loader"]
+        try:
+            options = checked_options(options, "options")
+        except HearthError as exc:
+            yield exc.message
+            return
         yield from _load_with_progress(runtime, name, (entry or "").strip() or None, options)
 
     def unload(entry):
@@ -86,7 +94,7 @@ def wire(runtime, tab: ModelTab) -> list:
             return exc.message + "\n\n" + model_status(runtime)
         return (f"Unloaded **{name}**." if name else "No model was loaded.") + "\n\n" + model_status(runtime)
 
-    options = [tab.loader, tab.dtype, tab.cpu, tab.trust_remote_code, tab.threads, tab.max_batch_size]
+    options = list(tab.options.values())
     tab.refresh.click(lambda: (gr.update(choices=_choices(runtime)), gr.update(choices=_entries(runtime))),
                       outputs=[tab.model, tab.entry])  # fmt: skip
     loaded = tab.load.click(load, inputs=[tab.model, tab.entry, *options], outputs=tab.status, concurrency_limit=1)

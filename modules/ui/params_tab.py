@@ -7,19 +7,9 @@ import gradio as gr
 
 from modules.chat import ReplyParams
 from modules.errors import HearthError
+from modules.samplers import BY_NAME
 from modules.presets import SAMPLER_KEYS, load_preset, parse_stop_strings, preset_names, sampling_params, save_preset
 
-# key -> (label, minimum, maximum, step)
-SLIDERS = {
-    "temperature": ("temperature", 0.0, 5.0, 0.01),
-    "top_p": ("top_p", 0.01, 1.0, 0.01),
-    "top_k": ("top_k", 0, 200, 1),
-    "min_p": ("min_p", 0.0, 1.0, 0.01),
-    "typical_p": ("typical_p", 0.01, 1.0, 0.01),
-    "repetition_penalty": ("repetition_penalty", 1.0, 1.5, 0.01),
-    "presence_penalty": ("presence_penalty", -2.0, 2.0, 0.05),
-    "frequency_penalty": ("frequency_penalty", -2.0, 2.0, 0.05),
-}
 
 
 @dataclass
@@ -113,15 +103,16 @@ def model_defaults_hook(runtime, tab: ParamsTab):
 
     def fill():
         info = runtime.models.info
-        own = dict(info.generation_defaults) if info is not None else {}
-        values = [own.get(key, getattr(gen, key)) for key in tab.sliders]
+        if info is None:
+            return [getattr(gen, key) for key in tab.sliders] + [gr.skip()]
+        resolved, own = runtime.pool.default.engine.sampler_defaults()
         said = ", ".join(f"{key} {value:g}" for key, value in own.items())
-        note = f"Sampler values from {info.name}'s generation_config: {said}." if own else gr.skip()
-        return values + [note]
+        note = f"Sampler values from {info.name}'s generation_config and settings: {said}." if own else gr.skip()
+        return [resolved[key] for key in tab.sliders] + [note]
 
     return fill, [*tab.sliders.values(), tab.status]
 
 
 def _slider(key: str, value) -> gr.Slider:
-    label, low, high, step = SLIDERS[key]
-    return gr.Slider(low, high, value=value, step=step, label=label, elem_id=key.replace("_", "-"))
+    low, high, step = BY_NAME[key].slider
+    return gr.Slider(low, high, value=value, step=step, label=key, elem_id=key.replace("_", "-"))
