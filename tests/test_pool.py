@@ -289,9 +289,9 @@ def test_ui_chat_talks_to_the_picked_entry(pool_api, tmp_path):
     session = ChatSession(runtime, HistoryStore(tmp_path), new_conversation(runtime.prompts, "instruct", "Assistant"))
     params = ReplyParams(SamplingParams(temperature=0), max_new_tokens=8)
     list(session.send(PROMPTS[0], ChatOptions(model="small"), params))
-    assert session.context.model == "small" and session.context.template == "ChatML"  # small's own setting
+    assert session.context.model == "small (tiny-gpt2)" and session.context.template == "ChatML"  # small's setting
     small_reply = session.conversation.last_reply()
     api = chat(pool_api, PROMPTS[0], "small").json()["choices"][0]["message"]["content"]
     assert small_reply == api  # the UI and the API share the engine's front half
     list(session.regenerate(ChatOptions(), params))
-    assert session.context.model == "primary" and session.context.template == "model"
+    assert session.context.model == "primary (tiny-llama)" and session.context.template == "model"

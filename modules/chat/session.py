@@ -88,7 +88,7 @@ def measure(runtime, conversation: Conversation, options: ChatOptions, reserve: 
     """The prompt the next reply would get, counted; ModelNotLoaded or ContextTooLong when it cannot be built."""
     engine = engine_for(runtime, options)
     request = chat_request(conversation, options, ReplyParams(max_new_tokens=max(reserve, 1)))
-    return _context_info(engine.name, _ui_errors(lambda: engine.preview(request)))
+    return _context_info(entry_label(engine), _ui_errors(lambda: engine.preview(request)))
 
 
 def start_reply(runtime, conversation: Conversation, options: ChatOptions, params: ReplyParams,
@@ -96,7 +96,14 @@ def start_reply(runtime, conversation: Conversation, options: ChatOptions, param
     """Submit the next reply to the picked entry's engine; the generation and the context it fills."""
     engine = engine_for(runtime, options)
     gen = _ui_errors(lambda: engine.chat(chat_request(conversation, options, params, continue_)))
-    return gen, _context_info(gen.model, gen.preview)
+    return gen, _context_info(entry_label(engine), gen.preview)
+
+
+def entry_label(engine) -> str:
+    """The entry's name, with its model's when they differ ("second (tiny-gpt2)")."""
+    info = engine.manager.info
+    model = info.name if info is not None else ""
+    return engine.name if engine.name in (model, None) else f"{engine.name} ({model})"
 
 
 def character_card(prompts, name: str, name1: str = "") -> Character:

@@ -107,7 +107,8 @@ def model_defaults_hook(runtime, tab: ParamsTab):
             return [getattr(gen, key) for key in tab.sliders] + [gr.skip()]
         resolved, own = runtime.pool.default.engine.sampler_defaults()
         said = ", ".join(f"{key} {value:g}" for key, value in own.items())
-        note = f"Sampler values from {info.name}'s generation_config and settings: {said}." if own else gr.skip()
+        source = "generation_config" + (" and its pool entry's settings" if runtime.models.prompt_settings else "")
+        note = f"Sampler values from {info.name}'s {source}: {said}." if own else gr.skip()
         return [resolved[key] for key in tab.sliders] + [note]
 
     return fill, [*tab.sliders.values(), tab.status]
