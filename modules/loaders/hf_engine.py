@@ -13,6 +13,7 @@ from modules.loaders.kv_batch import KVBatch, Row, new_cache, stack_caches
 from modules.loaders.llama_decode import LlamaDecodeStep, lean_decoder
 from modules.loaders.prefix_cache import PrefixCache
 from modules.loaders.batch_sampling import choose_tokens
+from modules.loaders.cpu_share import ThreadGovernor
 from modules.loaders.sampling import apply_bias_and_bans, apply_penalties, filter_logits, top_logprobs
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,19 @@ class HFEngine:
         self._pack = self.device.type == "cpu" and bool(options.get("cpu_prepack", True))
         self._lean = bool(options.get("lean_decode", True))
         self.lean_step: LlamaDecodeStep | None = None  # set by prepare(), after packing (it holds the linears)
+        self._adapt = self.device.type == "cpu" and bool(options.get("adapt_threads", True))
+        self.governor: ThreadGovernor | None = None  # set by prepare(): threads follow the cores left free
 
     def prepare(self) -> None:
         """Pack CPU linear weights for oneDNN and set up the lean decode step, once, on the calling (worker) thread.
 
         Measured: weights packed on the main thread ran about 2x slower when a forward ran on another thread
         (same oneDNN kernel and layout), while weights packed on the thread that runs the model were fast."""
+        if self._adapt:
+            self._adapt = False
+            self.governor = ThreadGovernor.for_this_machine(torch.get_num_threads())
+            if self.governor is not None:
+                self.governor.start()  # before any parallel region here: OpenMP's threads inherit the name
         if self._pack:
             self._pack = False
             from modules.loaders.cpu_packing import pack_linears
@@ -75,6 +83,8 @@ class HFEngine:
     def step(self) -> list[TokenEvent]:
         """Decode one token for every batched row, then prefill: waiting short prompts together, else one chunk."""
         self.prepare()
+        if self.governor is not None:
+            self.governor.tune()
         events = self._decode() if len(self.batch) else []
         if self.prefilling:
             group = self._waiting_group()
