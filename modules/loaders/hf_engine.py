@@ -135,20 +135,27 @@ class HFEngine:
     def prompt_logprobs(self, prompt_ids: Sequence[int], top: int) -> list[TokenLogprob]:
         """Each prompt token's logprob given the tokens before it, with the top alternatives.
 
-        The first token is scored after BOS when the prompt does not start with it; a leading BOS
-        itself is given (logprob 0).
+        Scored on the prompt exactly as it is generated from (no BOS added), so that echoed logprobs and the
+        generated tokens' share one context (lm-evaluation-harness adds them up). The first token has no context:
+        it is scored after BOS where the model has one and the prompt does not start with it, else given 0.
         """
         self.prepare()
-        bos = self.info.bos_token_id
-        prefix = [bos] if bos is not None and prompt_ids[0] != bos else []
-        ids = torch.tensor([prefix + list(prompt_ids)], device=self.device)
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
         logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0, :-1].float(), -1)  # [T-1, V]
         targets = ids[0, 1:]
         chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
-        items = [] if prefix else [TokenLogprob(int(prompt_ids[0]), 0.0)]
+        items = [self._first_token_logprob(int(prompt_ids[0]), top)]
         for row, token, value in zip(logprobs, targets.tolist(), chosen):
             items.append(TokenLogprob(int(token), value, tuple(top_logprobs(row, top))))
         return items
+
+    def _first_token_logprob(self, token: int, top: int) -> TokenLogprob:
+        bos = self.info.bos_token_id
+        if bos is None or token == bos:
+            return TokenLogprob(token, 0.0)
+        logits = self.model(input_ids=torch.tensor([[bos]], device=self.device)).logits[0, -1]
+        row = torch.log_softmax(logits.float(), -1)
+        return TokenLogprob(token, float(row[token]), tuple(top_logprobs(row, top)))
 
     def _decode(self) -> list[TokenEvent]:
         inputs = self.batch.decode_inputs()
