@@ -1,6 +1,7 @@
 """The worker-side generation loop for Hugging Face models: chunked prefill plus batched decode."""
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import deque
 from typing import Any, Mapping, Sequence
@@ -40,6 +41,8 @@ class HFEngine:
         self.lean_step: LlamaDecodeStep | None = None  # set by prepare(), after packing (it holds the linears)
         self._adapt = self.device.type == "cpu" and bool(options.get("adapt_threads", True))
         self.governor: ThreadGovernor | None = None  # set by prepare(): threads follow the cores left free
+        # transformers 5 renamed forward's past_key_values to cache (the old name warns on every call, then goes)
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def prepare(self) -> None:
         """Pack CPU linear weights for oneDNN and set up the lean decode step, once, on the calling (worker) thread.
@@ -62,6 +65,9 @@ class HFEngine:
         if self._lean:
             self._lean = False
             self.lean_step = lean_decoder(self.model)
+
+    def _cache_arg(self, cache) -> dict:
+        return {self._cache_kw: cache}
 
     def start(self, spec: SequenceSpec) -> None:
         """Queue a sequence for prefill."""
@@ -162,7 +168,7 @@ class HFEngine:
         if self.lean_step is not None:
             logits = self.lean_step(**inputs, cache=self.batch.cache)
         else:
-            logits = self.model(**inputs, past_key_values=self.batch.cache, use_cache=True).logits[:, -1, :]
+            logits = self.model(**inputs, **self._cache_arg(self.batch.cache), use_cache=True).logits[:, -1, :]
         for row in self.batch.rows:
             row.cached += 1
         return choose_tokens(self.batch.rows, logits.float())  # logits: [B, V]
@@ -200,7 +206,7 @@ class HFEngine:
                 input_ids=ids.to(self.device),
                 attention_mask=mask,
                 position_ids=positions.to(self.device),
-                past_key_values=cache,
+                **self._cache_arg(cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -224,7 +230,7 @@ class HFEngine:
         try:
             out = self.model(
                 input_ids=torch.tensor([chunk], device=self.device),
-                past_key_values=row.cache,
+                **self._cache_arg(row.cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
