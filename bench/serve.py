@@ -5,10 +5,12 @@
     python bench/serve.py                     # builds a random ~60M Llama (CPU, fp32), runs everything (README)
     python bench/serve.py --dtype bfloat16    # the same in bf16 (fast only on CPUs with AMX or AVX-512 BF16)
     python bench/serve.py --shape 1b --device cuda --dtype bfloat16 --concurrency 1,8,32
+    python bench/serve.py --busy 1 --busy-only  # idle against one competing CPU-bound process, 1 and 8 clients
 
 Every server is started at once and their runs of each level take turns (--repeats times), so a change in this
 shared machine's load hits them alike; the report shows the median run of each. Writes
-bench/results/serve-latest.{md,json,png} (and a timestamped copy of the Markdown).
+bench/results/serve-latest.{md,json,png} (and a timestamped copy of the Markdown); with --busy,
+bench/results/busy-latest.{md,json}.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # Hearth's modules, for the packed-weights reference
 
 from bench_model import build, prompt_text  # noqa: E402
+from busy import LABELS as BUSY_SERVERS  # noqa: E402
+from busy import run_idle_and_busy, write_busy_report  # noqa: E402
 from load import run_level, stream_once  # noqa: E402
 from report import write_report  # noqa: E402
 from servers import start_hearth, start_transformers_serve  # noqa: E402
@@ -46,6 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--history", default="256,1024", help="chat history lengths for the second-turn test")
     p.add_argument("--skip-transformers-serve", action="store_true", help="do not run the transformers peer")
     p.add_argument("--skip-unbatched", action="store_true", help="do not run Hearth with batching off")
+    p.add_argument("--busy", type=int, default=0,
+                   help="also measure Hearth and transformers serve idle and beside this many competing CPU-bound "
+                        "processes, started and stopped by the bench (default 0: not measured)")
+    p.add_argument("--busy-concurrency", default="1,8", help="client counts for the busy comparison (default 1,8)")
+    p.add_argument("--busy-only", action="store_true", help="only the idle/busy comparison (needs --busy)")
     p.add_argument("--out", default=str(HERE / "results"), help="results folder (default bench/results)")
     return p.parse_args(argv)
 
@@ -113,11 +122,14 @@ def start_servers(model_path: Path, args, processes: list) -> dict:
     Returns {name: (base URL, body factory)}; each started process is appended to `processes` (for stopping)."""
     servers = {}
     hearth_body = chat_body(args, HEARTH_EXTRA, model_path.name)
-    for name, max_batch in [("hearth", args.max_batch), ("hearth-unbatched", 1)]:
+    variants = [("hearth", args.max_batch, True), ("hearth-unbatched", 1, True)]
+    if args.busy:
+        variants.append(("hearth-fixed-threads", args.max_batch, False))  # before adapt_threads, for comparison
+    for name, max_batch, adapt in variants:
         if name == "hearth-unbatched" and args.skip_unbatched:
             continue
         process, url = start_hearth(model_path.parent, model_path.name, max_batch=max_batch, threads=args.threads,
-                                    prefix_cache_mb=1024, dtype=args.dtype)  # fmt: skip
+                                    prefix_cache_mb=1024, dtype=args.dtype, adapt_threads=adapt)  # fmt: skip
         processes.append(process)
         servers[name] = (url, hearth_body)
     if not args.skip_transformers_serve:
@@ -167,6 +179,30 @@ def second_turn_ttft(url: str, history_tokens: int) -> float:
     return stream_once(url + "/chat/completions", {**body, "messages": second}).ttft
 
 
+def measure_busy(servers: dict, args) -> None:
+    """Hearth and transformers serve, idle and beside --busy competing processes; writes busy-latest.*."""
+    servers = {name: servers[name] for name in BUSY_SERVERS if name in servers}
+    levels = [int(c) for c in args.busy_concurrency.split(",")]
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    runs = run_idle_and_busy(servers, levels, args.busy, args.repeats, args.rounds, run_level)
+    print(write_busy_report(runs, vars(args), started, Path(args.out)))
+
+
+def busy_only(model_path: Path, args) -> int:
+    """The idle/busy comparison alone."""
+    args.skip_unbatched = True
+    processes: list = []
+    try:
+        servers = start_servers(model_path, args, processes)
+        for url, make_body in servers.values():
+            warm_up(url, make_body)
+        measure_busy(servers, args)
+    finally:
+        for process in processes:
+            process.stop()
+    return 0
+
+
 def main(argv=None) -> int:
     """Run every measurement and write the report."""
     args = parse_args(argv)
@@ -176,6 +212,10 @@ def main(argv=None) -> int:
         model_path = Path(args.model).resolve()
     else:
         model_path = build(HERE / ".cache" / f"random-{args.shape}-{args.dtype}", args.shape, args.dtype, args.device)
+    if args.busy_only:
+        if args.busy < 1:
+            sys.exit("serve.py: error: --busy-only needs --busy N (N >= 1)")
+        return busy_only(model_path, args)
     results: dict = {"args": vars(args), "model": str(model_path), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"model: {model_path}", flush=True)
     results["generate_tps"] = measure_generate(model_path, args)
@@ -190,9 +230,12 @@ def main(argv=None) -> int:
         servers = start_servers(model_path, args, processes)
         for url, make_body in servers.values():
             warm_up(url, make_body)
-        medians, results["repeats"] = run_interleaved(servers, args, levels)
+        main_servers = {name: value for name, value in servers.items() if name != "hearth-fixed-threads"}
+        medians, results["repeats"] = run_interleaved(main_servers, args, levels)
         results.update(medians)
         results["second_turn"] = {h: second_turn_ttft(servers["hearth"][0], h) for h in histories}
+        if args.busy:
+            measure_busy(servers, args)
     finally:
         for process in processes:
             process.stop()

@@ -60,10 +60,11 @@ class Process:
 
 
 def start_hearth(model_dir: Path, model: str, *, max_batch: int, threads: int, prefix_cache_mb: int = 1024,
-                 dtype: str = "auto") -> tuple[Process, str]:
+                 dtype: str = "auto", adapt_threads: bool = True) -> tuple[Process, str]:
     """server.py headless on a free port; returns (process, base URL ending in /v1)."""
     settings = Path(tempfile.mkdtemp()) / "settings.yaml"
-    settings.write_text(f"model:\n  prefix_cache_mb: {prefix_cache_mb}\n  max_queue: 1024\n")
+    settings.write_text(f"model:\n  prefix_cache_mb: {prefix_cache_mb}\n  max_queue: 1024\n"
+                        f"  adapt_threads: {str(adapt_threads).lower()}\n")  # fmt: skip
     argv = [sys.executable, "-u", str(ROOT / "server.py"), "--model-dir", str(model_dir), "--model", model,
             "--nowebui", "--api", "--api-port", str(free_port()), "--threads", str(threads),
             "--max-batch-size", str(max_batch), "--settings", str(settings), "--dtype", dtype]  # fmt: skip

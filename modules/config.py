@@ -58,6 +58,7 @@ class ModelSettings:
     dtype: str = "auto"
     trust_remote_code: bool = False
     threads: int = 0  # torch intra-op threads; 0 -> all cores
+    adapt_threads: bool = True  # on CPU: compute with fewer threads while other work holds some of the cores
     max_batch_size: int = 8
     max_queue: int = 64
     stream_interval_ms: float = 40.0  # with 4+ sequences decoding, a stream takes its tokens at most this often

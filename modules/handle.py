@@ -78,6 +78,7 @@ class Handle:
         ]
         self._counts = [0] * len(self.seq_ids)
         self._done = [False] * len(self.seq_ids)
+        self._stop_logprobs: list[TokenLogprob | None] = [None] * len(self.seq_ids)  # the EOS/stop id's, if asked
         self.usage = Usage(len(request.prompt_ids), 0)
 
     def cancel(self) -> None:
@@ -173,8 +174,9 @@ class Handle:
         index = item.index
         self._counts[index] += 1
         self.usage = Usage(self.usage.prompt_tokens, self.usage.completion_tokens + 1)
-        if item.is_stop_token:
-            return None  # the FinishItem that follows ends the choice; EOS text is never shown
+        if item.is_stop_token:  # the FinishItem that follows ends the choice; EOS text is never shown, but its
+            self._stop_logprobs[index] = item.event.logprob  # logprob is (lm-eval scores with it), after the text's
+            return None
         check = self._counts[index] >= self.request.min_tokens
         text, released, stopped = self._choices[index].push(item.event, item.event.token_id, check)
         if stopped:
@@ -189,7 +191,11 @@ class Handle:
         check = self._counts[index] >= self.request.min_tokens
         text, released, stopped = self._choices[index].finish(check)
         self._done[index] = True
-        return _delta(index, text, released, FinishReason.STOP if stopped else reason)
+        delta = _delta(index, text, released, FinishReason.STOP if stopped else reason)
+        stop_logprob = self._stop_logprobs[index]
+        if stop_logprob is None:
+            return delta
+        return Delta(index, delta.text, delta.token_ids, delta.logprobs + (stop_logprob,), delta.finish_reason)
 
 
 def _delta(index: int, text: str, released: list, reason: FinishReason | None) -> Delta:

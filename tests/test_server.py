@@ -99,6 +99,7 @@ class Server:
         try:
             return self.proc.wait(30)
         finally:
+            self.output.extend(self.proc.stdout.readlines())  # what it printed after starting
             self.proc.stdout.close()
 
 
@@ -112,9 +113,13 @@ def test_headless_api_start_and_clean_shutdown(models_root):
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
         response = requests.post(server.url + "/chat/completions", json=body, headers=auth, timeout=60)
         assert response.status_code == 200 and response.json()["model"] == "tiny-llama"
+        streamed = requests.post(server.url + "/chat/completions", json={**body, "stream": True}, headers=auth,
+                                 timeout=60)  # fmt: skip
+        assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
     finally:
         assert server.stop() == 0
     assert "sk-secret-1" not in "".join(server.output)
+    assert not [line for line in server.output if "Warning" in line], "".join(server.output)  # a quiet console
 
 
 def test_tls_env_port_and_settings_key(models_root, tmp_path):

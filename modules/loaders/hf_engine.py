@@ -1,6 +1,7 @@
 """The worker-side generation loop for Hugging Face models: chunked prefill plus batched decode."""
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import deque
 from typing import Any, Mapping, Sequence
@@ -13,6 +14,7 @@ from modules.loaders.kv_batch import KVBatch, Row, new_cache, stack_caches
 from modules.loaders.llama_decode import LlamaDecodeStep, lean_decoder
 from modules.loaders.prefix_cache import PrefixCache
 from modules.loaders.batch_sampling import choose_tokens
+from modules.loaders.cpu_share import ThreadGovernor
 from modules.loaders.sampling import apply_bias_and_bans, apply_penalties, filter_logits, top_logprobs
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,21 @@ class HFEngine:
         self._pack = self.device.type == "cpu" and bool(options.get("cpu_prepack", True))
         self._lean = bool(options.get("lean_decode", True))
         self.lean_step: LlamaDecodeStep | None = None  # set by prepare(), after packing (it holds the linears)
+        self._adapt = self.device.type == "cpu" and bool(options.get("adapt_threads", True))
+        self.governor: ThreadGovernor | None = None  # set by prepare(): threads follow the cores left free
+        # transformers 5 renamed forward's past_key_values to cache (the old name warns on every call, then goes)
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def prepare(self) -> None:
         """Pack CPU linear weights for oneDNN and set up the lean decode step, once, on the calling (worker) thread.
 
         Measured: weights packed on the main thread ran about 2x slower when a forward ran on another thread
         (same oneDNN kernel and layout), while weights packed on the thread that runs the model were fast."""
+        if self._adapt:
+            self._adapt = False
+            self.governor = ThreadGovernor.for_this_machine(torch.get_num_threads())
+            if self.governor is not None:
+                self.governor.start()  # before any parallel region here: OpenMP's threads inherit the name
         if self._pack:
             self._pack = False
             from modules.loaders.cpu_packing import pack_linears
@@ -54,6 +65,9 @@ class HFEngine:
         if self._lean:
             self._lean = False
             self.lean_step = lean_decoder(self.model)
+
+    def _cache_arg(self, cache) -> dict:
+        return {self._cache_kw: cache}
 
     def start(self, spec: SequenceSpec) -> None:
         """Queue a sequence for prefill."""
@@ -75,6 +89,8 @@ class HFEngine:
     def step(self) -> list[TokenEvent]:
         """Decode one token for every batched row, then prefill: waiting short prompts together, else one chunk."""
         self.prepare()
+        if self.governor is not None:
+            self.governor.tune()
         events = self._decode() if len(self.batch) else []
         if self.prefilling:
             group = self._waiting_group()
@@ -125,27 +141,34 @@ class HFEngine:
     def prompt_logprobs(self, prompt_ids: Sequence[int], top: int) -> list[TokenLogprob]:
         """Each prompt token's logprob given the tokens before it, with the top alternatives.
 
-        The first token is scored after BOS when the prompt does not start with it; a leading BOS
-        itself is given (logprob 0).
+        Scored on the prompt exactly as it is generated from (no BOS added), so that echoed logprobs and the
+        generated tokens' share one context (lm-evaluation-harness adds them up). The first token has no context:
+        it is scored after BOS where the model has one and the prompt does not start with it, else given 0.
         """
         self.prepare()
-        bos = self.info.bos_token_id
-        prefix = [bos] if bos is not None and prompt_ids[0] != bos else []
-        ids = torch.tensor([prefix + list(prompt_ids)], device=self.device)
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
         logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0, :-1].float(), -1)  # [T-1, V]
         targets = ids[0, 1:]
         chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
-        items = [] if prefix else [TokenLogprob(int(prompt_ids[0]), 0.0)]
+        items = [self._first_token_logprob(int(prompt_ids[0]), top)]
         for row, token, value in zip(logprobs, targets.tolist(), chosen):
             items.append(TokenLogprob(int(token), value, tuple(top_logprobs(row, top))))
         return items
+
+    def _first_token_logprob(self, token: int, top: int) -> TokenLogprob:
+        bos = self.info.bos_token_id
+        if bos is None or token == bos:
+            return TokenLogprob(token, 0.0)
+        logits = self.model(input_ids=torch.tensor([[bos]], device=self.device)).logits[0, -1]
+        row = torch.log_softmax(logits.float(), -1)
+        return TokenLogprob(token, float(row[token]), tuple(top_logprobs(row, top)))
 
     def _decode(self) -> list[TokenEvent]:
         inputs = self.batch.decode_inputs()
         if self.lean_step is not None:
             logits = self.lean_step(**inputs, cache=self.batch.cache)
         else:
-            logits = self.model(**inputs, past_key_values=self.batch.cache, use_cache=True).logits[:, -1, :]
+            logits = self.model(**inputs, **self._cache_arg(self.batch.cache), use_cache=True).logits[:, -1, :]
         for row in self.batch.rows:
             row.cached += 1
         return choose_tokens(self.batch.rows, logits.float())  # logits: [B, V]
@@ -183,7 +206,7 @@ class HFEngine:
                 input_ids=ids.to(self.device),
                 attention_mask=mask,
                 position_ids=positions.to(self.device),
-                past_key_values=cache,
+                **self._cache_arg(cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -207,7 +230,7 @@ class HFEngine:
         try:
             out = self.model(
                 input_ids=torch.tensor([chunk], device=self.device),
-                past_key_values=row.cache,
+                **self._cache_arg(row.cache),
                 use_cache=True,
                 logits_to_keep=1,
             )

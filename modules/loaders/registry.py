@@ -45,6 +45,7 @@ LOAD_OPTIONS = (
     LoadOption("cpu", bool, "run on the CPU even if a GPU is present"),
     LoadOption("trust_remote_code", bool, "allow model folders to run their own code"),
     LoadOption("threads", int, "torch CPU threads (0 = all cores)", minimum=0),
+    LoadOption("adapt_threads", bool, "on CPU: fewer threads while other work holds some cores", flag=False, ui=False),
     LoadOption("max_batch_size", int, "sequences decoded together (default 8)", minimum=1),
     LoadOption("prefill_chunk", int, "prompt tokens prefilled per step", minimum=1, flag=False, ui=False),
     LoadOption("prefix_cache_mb", int, "MB of finished requests' keys/values kept for reuse", minimum=0, flag=False,
