@@ -81,6 +81,16 @@ class Handle:
         self._stop_logprobs: list[TokenLogprob | None] = [None] * len(self.seq_ids)  # the EOS/stop id's, if asked
         self.usage = Usage(len(request.prompt_ids), 0)
 
+    @property
+    def n(self) -> int:
+        """How many choices this generation has."""
+        return len(self.seq_ids)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """True when the deltas carry logprobs."""
+        return self.request.logprobs is not None
+
     def cancel(self) -> None:
         """Stop every unfinished choice; the worker frees them before its next step."""
         live = [sid for sid, done in zip(self.seq_ids, self._done) if not done]

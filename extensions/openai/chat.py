@@ -12,7 +12,7 @@ from extensions.openai.prompting import check_supported
 from extensions.openai.schemas import ChatCompletionRequest
 from extensions.openai.sse import KEEPALIVE, event, stream
 from extensions.openai.state import ApiState, announced, parse, serving_engine, state
-from modules.handle import Handle
+from modules.engine.base import Stream
 
 bp = Blueprint("chat", __name__)
 
@@ -21,7 +21,7 @@ bp = Blueprint("chat", __name__)
 class Run:
     """A submitted generation and what its response needs; shared by the HTTP and WebSocket transports."""
 
-    handle: Handle
+    handle: Stream
     meta: R.ResponseMeta
     token_bytes: Callable[[int], bytes]
     include_usage: bool
@@ -61,10 +61,10 @@ def chat_completions():
     return jsonify(run.body()), 200, run.headers
 
 
-def chat_chunks(meta: R.ResponseMeta, handle: Handle, include_usage: bool, token_bytes, keepalive: float):
+def chat_chunks(meta: R.ResponseMeta, handle: Stream, include_usage: bool, token_bytes, keepalive: float):
     """Chunk bodies: a role chunk per choice, content deltas, a finish chunk per choice, then usage if asked."""
-    wants_logprobs = handle.request.logprobs is not None
-    for index in range(handle.request.n):
+    wants_logprobs = handle.wants_logprobs
+    for index in range(handle.n):
         yield R.chat_chunk(meta, [_choice(index, {"role": "assistant", "content": "", "refusal": None})], include_usage)
     for delta in handle.events(idle=keepalive):
         if delta is None:

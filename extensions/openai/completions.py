@@ -15,7 +15,7 @@ from extensions.openai.schemas import CompletionRequest
 from extensions.openai.sse import stream
 from extensions.openai.state import ApiState, announced, parse, serving_engine, state
 from modules.generation import Usage
-from modules.handle import Handle
+from modules.engine.base import Stream
 
 bp = Blueprint("completions", __name__)
 
@@ -77,7 +77,7 @@ def _echo_only(meta, prompt_tokens: int, n: int, echoes, token_bytes, req: Compl
     return chunks, lambda: R.completion_body(meta, choices, usage)
 
 
-def _completion_body(meta, handles: list[Handle], n: int, echoes, token_bytes) -> dict:
+def _completion_body(meta, handles: list[Stream], n: int, echoes, token_bytes) -> dict:
     choices = []
     prompt_tokens = completion_tokens = 0
     for p, handle in enumerate(handles):
@@ -108,7 +108,7 @@ def completion_chunks(meta, handles, n, echoes, include_usage, token_bytes, keep
             continue
         index = p * n + delta.index
         logprobs = None
-        if handles[p].request.logprobs is not None:
+        if handles[p].wants_logprobs:
             logprobs = R.completion_logprobs(delta.logprobs, token_bytes, offsets.get(index, 0))
         offsets[index] = offsets.get(index, 0) + len(delta.text)
         choice = R.completion_choice(index, delta.text, R.finish_name(delta.finish_reason), logprobs)
@@ -118,7 +118,7 @@ def completion_chunks(meta, handles, n, echoes, include_usage, token_bytes, keep
         yield R.completion_body(meta, [], usage)
 
 
-def merge_events(handles: list[Handle], keepalive: float) -> Iterator[tuple[int, object]]:
+def merge_events(handles: list[Stream], keepalive: float) -> Iterator[tuple[int, object]]:
     """(prompt index, delta) from several handles as they arrive; (-1, None) when idle for `keepalive` s."""
     if len(handles) == 1:
         for delta in handles[0].events(idle=keepalive):
@@ -127,7 +127,7 @@ def merge_events(handles: list[Handle], keepalive: float) -> Iterator[tuple[int,
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     done = object()
 
-    def pump(p: int, handle: Handle) -> None:
+    def pump(p: int, handle: Stream) -> None:
         try:
             for delta in handle.events():
                 inbox.put((p, delta))

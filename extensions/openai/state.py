@@ -12,7 +12,7 @@ from flask import Flask, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
 from extensions.openai.errors import APIError, from_validation
-from modules.engine.local import LocalEngine
+from modules.engine.base import Engine
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -82,7 +82,7 @@ def parse(model: type[M]) -> M:
         raise from_validation(exc) from None
 
 
-def serving_engine(requested: str | None) -> LocalEngine:
+def serving_engine(requested: str | None) -> Engine:
     """The engine of the pool entry that answers a request naming `requested` (404 for an unknown name)."""
     return state().runtime.pool.route(requested).engine
 

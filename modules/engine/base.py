@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping, Protocol
 
 from modules.errors import InvalidParameter
-from modules.handle import Handle
+from modules.generation import Completion, Delta, Usage
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,35 @@ class TokenProb:
     probability: float
 
 
+class Stream(Protocol):
+    """What front ends read of one prompt's generation (modules.handle.Handle is the local engine's)."""
+
+    usage: Usage  # final once the stream has ended
+
+    @property
+    def n(self) -> int:
+        """How many choices."""
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """True when the deltas carry logprobs."""
+
+    def events(self, idle: float | None = None) -> Iterator[Delta | None]:
+        """Text deltas as they come (None after `idle` seconds without any); the last of a choice has its finish."""
+
+    def result(self) -> Completion:
+        """Every choice once finished, with usage."""
+
+    def cancel(self) -> None:
+        """Stop every unfinished choice."""
+
+
 @dataclass
 class Generation:
-    """A submitted request: one Handle of text deltas per prompt, and what serialising it needs."""
+    """A submitted request: one Stream of text deltas per prompt, and what serialising it needs."""
 
     model: str  # the name of the engine (pool entry) that answers
-    handles: list[Handle]
+    handles: list[Stream]
     token_bytes: Callable[[int], bytes]  # bytes of a token in the deltas' logprobs
     fingerprint: tuple[str, ...] = ()  # what determines outputs besides the request (dtype, template)
     preview: PromptPreview | None = None  # chat: the rendered prompt
