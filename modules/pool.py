@@ -80,6 +80,7 @@ class ModelPool:
         self._make_engine = make_engine  # a new entry's engine, with its own scheduler
         self._lock = threading.RLock()  # guards the entry list; loads run outside it
         self._demand = threading.Lock()  # one on-demand load at a time
+        self._adding = threading.Lock()  # one new entry being loaded at a time
         if serving is None:
             self._entries = [self._new_entry(None)]
             self._default = self._entries[0]
@@ -162,17 +163,14 @@ class ModelPool:
 
         The entry's old model serves until the new one is ready and keeps serving if the load fails; other
         entries are untouched."""
-        entry, new = self._entry_for(name)
         self.default.manager.resolve(model)  # ModelNotFound before a worker is started for nothing
-        try:
-            info = entry.manager.load(model, options, prompt_settings)
-        except BaseException:
-            if new:
-                entry.close()
-            raise
-        if new:
-            with self._lock:
-                self._entries.append(entry)
+        entry = self._existing(name)
+        if entry is None:
+            with self._adding:  # one new entry at a time, so two loads of one new name make one entry
+                entry = self._existing(name)
+                if entry is None:
+                    return self._add(name, model, options, prompt_settings)
+        info = entry.manager.load(model, options, prompt_settings)
         entry.last_used = time.monotonic()
         return entry, info
 
@@ -210,17 +208,28 @@ class ModelPool:
     def _new_entry(self, name: str | None, spec: EntrySpec | None = None) -> PoolEntry:
         return PoolEntry(self._make_engine(name), spec)
 
-    def _entry_for(self, name: str | None) -> tuple[PoolEntry, bool]:
+    def _existing(self, name: str | None) -> PoolEntry | None:
+        """The entry a load names: the default for None, the entry called `name`, or None for a new name."""
         if name is None:
-            return self._default, False
+            return self._default
         try:
             check_entry_name(name)
         except SettingsError as exc:
             raise InvalidParameter(exc.message, param="name") from None
-        existing = self.find(name)
-        if existing is not None and existing.name == name:
-            return existing, False
-        return self._new_entry(name), True
+        found = self.find(name)
+        return found if found is not None and found.name == name else None
+
+    def _add(self, name: str, model: str, options, prompt_settings) -> tuple[PoolEntry, ModelInfo]:
+        """A new entry called `name` serving `model`; nothing is added if the load fails."""
+        entry = self._new_entry(name)
+        try:
+            info = entry.manager.load(model, options, prompt_settings)
+        except BaseException:
+            entry.close()
+            raise
+        with self._lock:
+            self._entries.append(entry)
+        return entry, info
 
     def _load_on_demand(self, model: str) -> PoolEntry:
         """Load a folder model for a request naming it, making room by the least recently used idle entry."""
