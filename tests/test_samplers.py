@@ -24,6 +24,9 @@ def test_every_layer_reads_the_one_table():
         assert s.name in values
         for schema in (ChatCompletionRequest, CompletionRequest, LogitsRequest):
             assert s.name in schema.model_fields
+            described = schema.model_json_schema()["properties"][s.name]  # the OpenAPI document shows the range
+            assert described.get("maximum") == s.high and s.low in (described.get("minimum"),
+                                                                    described.get("exclusiveMinimum"))
         low, high, _ = s.slider
         for value in (low, high, s.default):  # the UI's slider stays inside the allowed range
             s.check(value)

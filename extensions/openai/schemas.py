@@ -9,8 +9,21 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modules.samplers import BY_NAME
+
 StopField = Union[str, list[str], None]
 Number = Union[int, float]
+
+
+def sampler_field(name: str):
+    """A request's sampler field, described (range, default) from modules/samplers.py's table; unset is None."""
+    sampler = BY_NAME[name]
+    extra: dict[str, Any] = {"exclusiveMinimum" if sampler.low_open else "minimum": sampler.low}
+    if sampler.high is not None:
+        extra["maximum"] = sampler.high
+    what = f"{sampler.help}; " if sampler.help else ""
+    return Field(default=None, json_schema_extra=extra, description=f"{what}unset: the pool entry's setting, else "
+                 f"the model's generation_config, else settings.yaml (Hearth's default {sampler.default:g})")
 
 
 class StreamOptions(BaseModel):
@@ -26,23 +39,23 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
 
     model: str | None = None
-    frequency_penalty: Number | None = None
+    frequency_penalty: Number | None = sampler_field("frequency_penalty")
     logit_bias: dict[str, Number] | None = None
     max_tokens: int | None = None
     n: int | None = None
-    presence_penalty: Number | None = None
+    presence_penalty: Number | None = sampler_field("presence_penalty")
     seed: int | None = None
     stop: StopField = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: Number | None = None
-    top_p: Number | None = None
+    temperature: Number | None = sampler_field("temperature")
+    top_p: Number | None = sampler_field("top_p")
     user: str | None = None
     # text-generation-webui / vLLM extras
-    top_k: int | None = None
-    min_p: Number | None = None
-    typical_p: Number | None = None
-    repetition_penalty: Number | None = None
+    top_k: int | None = sampler_field("top_k")
+    min_p: Number | None = sampler_field("min_p")
+    typical_p: Number | None = sampler_field("typical_p")
+    repetition_penalty: Number | None = sampler_field("repetition_penalty")
     min_tokens: int | None = None
     ignore_eos: bool | None = None
     ban_eos_token: bool | None = None
