@@ -10,6 +10,7 @@ SHAPES = {
     # name: (hidden, intermediate, layers, heads, kv_heads, vocab, max_positions)
     "60m": (512, 1376, 8, 8, 8, 32000, 4096),
     "1b": (2048, 5632, 22, 32, 4, 32000, 4096),
+    "tiny": (64, 128, 2, 4, 2, 1000, 1024),  # for the test suite's smoke run, not for figures
 }
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '</s>\\n' }}{% endfor %}"

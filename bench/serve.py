@@ -2,6 +2,7 @@
 """Serving benchmark: Hearth's streaming API against raw generate(), Hearth without batching, and
 `transformers serve --continuous-batching`, measured side by side in one run on the same model.
 
+    pip install -r bench/requirements.txt     # its tools and the transformers serve peer (once)
     python bench/serve.py                     # builds a random ~60M Llama (CPU, fp32), runs everything (README)
     python bench/serve.py --dtype bfloat16    # the same in bf16 (fast only on CPUs with AMX or AVX-512 BF16)
     python bench/serve.py --shape 1b --device cuda --dtype bfloat16 --concurrency 1,8,32
@@ -36,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a Hugging Face model folder (default: build a random model of --shape)")
-    p.add_argument("--shape", default="60m", choices=["60m", "1b"], help="random model shape (default 60m)")
+    p.add_argument("--shape", default="60m", choices=["60m", "1b", "tiny"], help="random model shape (default 60m)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", help="weights dtype for the random model and the servers")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every server (default 2)")

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -37,3 +39,15 @@ def test_load_harness_and_report(api, tmp_path):
     saved = json.loads((tmp_path / "serve-latest.json").read_text())
     assert len(saved["raw"]["hearth"]["2"]["samples"]) == 4
     assert (tmp_path / "serve-latest.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_the_readme_command_runs_on_a_tiny_model(tmp_path):
+    """`python bench/serve.py` end to end, shrunk: every server starts, every measurement runs, the report is written."""
+    argv = [sys.executable, str(ROOT / "bench" / "serve.py"), "--shape", "tiny", "--concurrency", "1,2", "--repeats",
+            "1", "--rounds", "1", "--max-new-tokens", "4", "--history", "16", "--skip-unbatched", "--out",
+            str(tmp_path)]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    text = (tmp_path / "serve-latest.md").read_text()
+    assert "| transformers serve --continuous-batching | 2 |" in text and "| Hearth (continuous batching) | 2 |" in text
