@@ -233,8 +233,13 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._has_work():
-                    self._cond.wait(self._hold_left() or None)
+                while True:
+                    # One reading of the hold per check: read twice, a hold that ended between the two readings
+                    # left the queue waiting for a notify that might never come (seen: 8 streams stuck 15 minutes).
+                    hold = self._hold_left()
+                    if self._has_work(hold):
+                        break
+                    self._cond.wait(hold or None)
                 if self._closed:
                     break
                 cancelled, self._to_cancel = self._to_cancel, set()
@@ -247,8 +252,8 @@ class Scheduler:
                 self._step()
         self._shutdown()
 
-    def _has_work(self) -> bool:
-        admissible = self._waiting and not self._paused and self._loader is not None and not self._hold_left()
+    def _has_work(self, hold: float) -> bool:
+        admissible = self._waiting and not self._paused and self._loader is not None and not hold
         return bool(self._closed or self._to_cancel or self._tasks or self._active or admissible)
 
     def _hold_left(self) -> float:

@@ -313,6 +313,21 @@ def test_the_hold_ends_after_gather_s_and_a_lone_request_is_not_held(llama, sche
     assert time.monotonic() - started < 5  # nothing on its way: admitted at once
 
 
+def test_a_hold_that_ends_while_the_worker_looks_does_not_strand_the_queue(llama, scheduler, monkeypatch):
+    """The hold read once as 50 ms, then as over: the worker must wake by itself, not wait for a notify."""
+    from modules.scheduler import Scheduler
+
+    scheduler.set_loader(llama)
+    readings = iter([0.05])
+    real = Scheduler._hold_left
+    monkeypatch.setattr(Scheduler, "_hold_left", lambda self: (next(readings, None) or 0.0) if self._waiting else real(self))
+    handle = scheduler.submit(request(llama, max_tokens=2))
+    waiter = threading.Thread(target=handle.result, daemon=True)
+    waiter.start()
+    waiter.join(5)
+    assert not waiter.is_alive(), "the queue waited for a wake-up that never came"
+
+
 def test_paced_streams_carry_several_tokens_per_delta_and_equal_unpaced(llama, scheduler):
     from modules.handle import Pacing
 
