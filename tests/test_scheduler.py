@@ -320,7 +320,8 @@ def test_a_hold_that_ends_while_the_worker_looks_does_not_strand_the_queue(llama
     scheduler.set_loader(llama)
     readings = iter([0.05])
     real = Scheduler._hold_left
-    monkeypatch.setattr(Scheduler, "_hold_left", lambda self: (next(readings, None) or 0.0) if self._waiting else real(self))
+    monkeypatch.setattr(Scheduler, "_hold_left",
+                        lambda self: (next(readings, None) or 0.0) if self._waiting else real(self))  # fmt: skip
     handle = scheduler.submit(request(llama, max_tokens=2))
     waiter = threading.Thread(target=handle.result, daemon=True)
     waiter.start()
