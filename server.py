@@ -66,6 +66,7 @@ def _start(settings):
     runtime = build_runtime(settings, serving)
     stops = []
     try:
+        _check_character(runtime)
         name = runtime.models.default_name()
         if serving is not None:
             runtime.pool.load_all()
@@ -91,6 +92,15 @@ def _start(settings):
         runtime.close()
         raise
     return runtime, stops
+
+
+def _check_character(runtime) -> None:
+    """SettingsError listing the characters when --character (or settings.yaml's chat.character) names none."""
+    from modules.errors import SettingsError
+
+    name, names = runtime.settings.chat.character, runtime.prompts.character_names()
+    if name not in names:
+        raise SettingsError(f"character {name!r} not found in characters/ (choose from {', '.join(names)})")
 
 
 def _serving(settings):

@@ -1,6 +1,7 @@
 """Model discovery: what is in the models folder (the loader registry says which loader fits), safe names."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,4 +65,14 @@ def resolve_model(model_dir: Path, name: str, builtin: tuple[ModelEntry, ...] = 
             return entry
     if path.exists():
         raise ModelNotFound(f"{name!r} in {model_dir} is not a model (no config.json or .gguf file)")
-    raise ModelNotFound(f"model {name!r} not found in {model_dir}")
+    raise ModelNotFound(f"model {name!r} not found in {model_dir}{_choices(name, list_models(model_dir, builtin))}")
+
+
+def _choices(name: str, entries: list[ModelEntry]) -> str:
+    """' (did you mean X?; models: A, B)' for an unknown model name; '' when the folder has none."""
+    names = [e.name for e in entries]
+    if not names:
+        return ""
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f" ({hint}models: {', '.join(names)})"

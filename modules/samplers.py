@@ -36,7 +36,7 @@ class Sampler:
 
 
 SAMPLERS = (
-    Sampler("temperature", float, 1.0, 0.0, 100.0, (0.0, 5.0, 0.01), help="0 = greedy"),
+    Sampler("temperature", float, 1.0, 0.0, 2.0, (0.0, 2.0, 0.01), help="0 = greedy"),  # OpenAI's range
     Sampler("top_p", float, 1.0, 0.0, 1.0, (0.01, 1.0, 0.01), low_open=True),
     Sampler("top_k", int, 0, 0, None, (0, 200, 1), help="0 = off"),
     Sampler("min_p", float, 0.0, 0.0, 1.0, (0.0, 1.0, 0.01)),

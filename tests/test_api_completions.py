@@ -121,6 +121,7 @@ def test_bodies_and_chunks_match_openai_spec(api):
         ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "x", "max_tokens": -1, "echo": True}, "max_tokens"),
         ({"prompt": "x", "n": 0}, "n"),
+        ({"prompt": "x", "temperature": 50}, "temperature"),
     ],
 )
 def test_bad_values(api, body, param):

@@ -60,6 +60,12 @@ BAD_CHAT = [
     ({"messages": OK_MESSAGES, "instruction_template": "../../etc/passwd"}, "instruction_template"),
     ({"messages": OK_MESSAGES, "instruction_template": "NoSuchTemplate"}, "instruction_template"),
     ({"messages": OK_MESSAGES, "mode": "chat", "character": "../secret"}, "character"),
+    ({"messages": OK_MESSAGES, "temperature": 50}, "temperature"),
+    ({"messages": OK_MESSAGES, "temperature": 2.01}, "temperature"),
+    ({"messages": OK_MESSAGES, "character": "Nope"}, "character"),  # instruct mode (the default) uses no character
+    ({"messages": OK_MESSAGES, "mode": "instruct", "character": "Nope"}, "character"),
+    ({"messages": OK_MESSAGES, "mode": "chat-instruct", "character": "Nope"}, "character"),
+    ({"messages": OK_MESSAGES, "mode": "chat", "character": "Nope"}, "character"),
     ({"messages": OK_MESSAGES, "min_tokens": -1}, "min_tokens"),
     ({"messages": OK_MESSAGES, "top_k": -3}, "top_k"),
     ({"messages": OK_MESSAGES, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),

@@ -60,9 +60,18 @@ def test_bad_flags_one_line_exit_2(args, fragment):
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
 
 
+def test_unknown_character_exits_2_listing_the_characters(models_root):
+    result = run("--model-dir", str(models_root), "--model", "tiny-llama", "--nowebui", "--character", "Nope")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert lines[-1] == "server.py: error: character 'Nope' not found in characters/ (choose from Assistant, Example)"
+
+
 def test_missing_and_broken_models_exit_2(models_root, tmp_path):
-    result = run("--model-dir", str(models_root), "--model", "nope", "--nowebui")
-    assert result.returncode == 2 and "not found" in result.stderr.strip().splitlines()[-1]
+    result = run("--model-dir", str(models_root), "--model", "tiny-lama", "--nowebui")
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "not found" in last
+    assert "did you mean 'tiny-llama'?" in last and "models: tiny-gpt2, tiny-llama" in last
     broken = tmp_path / "models"
     (broken / "bad").mkdir(parents=True)
     (broken / "bad" / "config.json").write_text("{oops")

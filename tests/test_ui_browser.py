@@ -345,6 +345,24 @@ def test_stop_cancels_the_reply(hearth, page, user_data):
 
 
 @pytest.mark.browser
+def test_enter_sends_and_shift_enter_breaks_the_line(hearth, page, user_data):
+    open_ui(page, hearth.ui_url)
+    page.click("#new-chat")
+    wait_idle(page, lambda: user_texts(page) == [])
+    box = page.locator("#chat-input textarea")
+    box.click()
+    box.type("first line")
+    box.press("Shift+Enter")
+    box.type("second line")
+    assert box.input_value() == "first line\nsecond line" and user_texts(page) == []
+    box.press("Enter")
+    wait_idle(page, lambda: len(bot_texts(page)) == 1)
+    assert box.input_value() == ""
+    sent = saved_chats(user_data, "instruct", "Assistant")[-1]["messages"][-2]["content"]
+    assert sent == "first line\nsecond line"
+
+
+@pytest.mark.browser
 def test_load_model_from_model_tab(hearth, page):
     from playwright.sync_api import expect
 

@@ -141,7 +141,8 @@ class PromptStore:
         """A named character; CharacterNotFound for unknown names or names that are not plain."""
         character = lookup(self._snapshot().characters, name)
         if character is None:
-            raise CharacterNotFound(f"no character named {name!r}", param="character")
+            names = ", ".join(sorted(self._snapshot().characters, key=str.casefold))
+            raise CharacterNotFound(f"no character named {name!r} (choose from {names})", param="character")
         return character
 
     def guess_template(self, model_name: str) -> str | None:
@@ -167,6 +168,8 @@ class PromptStore:
         instruct = self._instruct_template(options, model) if options.mode != "chat" else None
         chat = self._chat_template(options) if options.mode != "instruct" else None
         persona = self._persona(options) if options.mode != "instruct" else None
+        if persona is None:
+            self._character(options.character)  # unused in instruct mode, but a name that is not there is a 400
         result = modes.render_prompt(normalized, options, model, instruct, chat, persona)
         self._announce(model.name, result)
         return result

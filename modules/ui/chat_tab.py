@@ -82,9 +82,9 @@ def build(runtime) -> ChatTab:
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(elem_id="chat", height=560, label="Chat", buttons=["copy", "copy_all"],
                                  feedback_options=None, group_consecutive_messages=False)  # fmt: skip
-            with gr.Row():
+            with gr.Row():  # lines=1: Enter sends, Shift+Enter breaks the line (Gradio swaps them from 2 lines up)
                 text = gr.Textbox(show_label=False, placeholder="Send a message (Enter; Shift+Enter for a new line)",
-                                  lines=2, max_lines=12, scale=8, elem_id="chat-input", autofocus=True)  # fmt: skip
+                                  lines=1, max_lines=12, scale=8, elem_id="chat-input", autofocus=True)  # fmt: skip
                 send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="send")
             with gr.Row():
                 names = ("Stop", "Regenerate", "Continue", "Remove last", "Copy last", "New chat")
