@@ -363,6 +363,30 @@ def test_enter_sends_and_shift_enter_breaks_the_line(hearth, page, user_data):
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("key", [None, "sk-docs-1"])
+def test_api_docs_page_renders_its_operations(api_runtime, browser, key):
+    """/docs in Chromium, offline: Swagger UI reads the OpenAPI 3.1 document, with and without an API key."""
+    from playwright.sync_api import expect
+
+    from conftest import LiveServer, with_server_settings
+    from extensions.openai.app import create_app
+
+    server = LiveServer(create_app(with_server_settings(api_runtime, api_key=key)))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(server.url("/docs"), wait_until="load")
+        expect(page.locator(".opblock").first).to_be_visible(timeout=30_000)
+        paths = requests.get(server.url("/openapi.json"), timeout=10).json()["paths"]
+        assert page.locator(".opblock").count() == sum(len(ops) for ops in paths.values())
+        assert page.locator("text=Unable to render").count() == 0
+        expect(page.locator("button.authorize")).to_be_visible()
+    finally:
+        context.close()
+        server.stop()
+
+
+@pytest.mark.browser
 def test_load_model_from_model_tab(hearth, page):
     from playwright.sync_api import expect
 

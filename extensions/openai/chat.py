@@ -6,6 +6,7 @@ from typing import Callable, Iterator
 
 from flask import Blueprint, Response, jsonify
 
+from extensions.openai.docs import documented
 from extensions.openai import responses as R
 from extensions.openai.params import chat_request, check_unknown
 from extensions.openai.prompting import check_supported
@@ -51,6 +52,7 @@ def start_chat(st: ApiState, req: ChatCompletionRequest) -> Run:
 
 
 @bp.post("/v1/chat/completions")
+@documented("Chat completion (SSE when stream=true)", ChatCompletionRequest)
 def chat_completions():
     """Chat completion, streamed as SSE when `stream` is true."""
     st = state()
@@ -104,6 +106,7 @@ def sse_response(body: Iterator[str], headers: dict[str, str] | None = None) -> 
 
 
 @bp.post("/v1/internal/chat-prompt")
+@documented("The prompt a chat request renders to", ChatCompletionRequest, tag="Internal")
 def chat_prompt():
     """The prompt a chat request would be rendered to, and which template made it."""
     st = state()

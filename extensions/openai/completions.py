@@ -7,6 +7,7 @@ from typing import Iterator
 
 from flask import Blueprint, jsonify
 
+from extensions.openai.docs import documented
 from extensions.openai import responses as R
 from extensions.openai.chat import Run, sse_events, sse_response
 from extensions.openai.errors import APIError
@@ -23,6 +24,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions endpoint
 
 
 @bp.post("/v1/completions")
+@documented("Text completion (SSE when stream=true)", CompletionRequest)
 def completions():
     """Text completion for one or more prompts, streamed as SSE when `stream` is true."""
     req = parse(CompletionRequest)

@@ -1,59 +1,71 @@
 """GET /openapi.json (Hearth's own API description, from the pydantic models) and GET /docs (Swagger UI, offline)."""
 from __future__ import annotations
 
-from functools import lru_cache
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from flask import Blueprint, Response, abort, current_app, jsonify, send_from_directory
+from pydantic import BaseModel
 
-from extensions.openai import schemas
 from extensions.openai.responses import HEARTH_VERSION
 
 bp = Blueprint("docs", __name__)
-
-# (method, path, summary, request model name or None, tag)
-ROUTES = [
-    ("post", "/v1/chat/completions", "Chat completion (SSE when stream=true)", "ChatCompletionRequest", "OpenAI"),
-    ("post", "/v1/completions", "Text completion (SSE when stream=true)", "CompletionRequest", "OpenAI"),
-    ("get", "/v1/models", "List models: every model in the models folder, the loaded one first", None, "OpenAI"),
-    ("get", "/v1/models/{model}", "One model", None, "OpenAI"),
-    ("post", "/v1/internal/chat-prompt", "The prompt a chat request renders to", "ChatCompletionRequest", "Internal"),
-    ("get", "/v1/internal/health", "Liveness, loaded model and queue", None, "Internal"),
-    ("post", "/v1/embeddings", "Embeddings (sentence-transformers; float or base64)", "EmbeddingsRequest", "OpenAI"),
-    ("post", "/v1/moderations", "Embedding-based moderation", "ModerationRequest", "OpenAI"),
-    ("post", "/v1/internal/encode", "Tokenize text", "EncodeRequest", "Internal"),
-    ("post", "/v1/internal/decode", "Detokenize ids", "DecodeRequest", "Internal"),
-    ("post", "/v1/internal/token-count", "Count tokens", "EncodeRequest", "Internal"),
-    ("post", "/v1/internal/logits", "Next-token probabilities, raw or after samplers", "LogitsRequest", "Internal"),
-    ("get", "/v1/internal/model/list", "Models in the models folder (admin)", None, "Models"),
-    ("get", "/v1/internal/model/info", "The loaded model", None, "Models"),
-    ("post", "/v1/internal/model/load", "Load a model (admin)", "LoadModelRequest", "Models"),
-    ("post", "/v1/internal/model/unload", "Unload the model (admin)", None, "Models"),
-    ("post", "/v1/internal/stop-generation", "Stop every generation (admin)", None, "Models"),
-]
-REQUEST_MODELS = ("ChatCompletionRequest", "CompletionRequest", "EmbeddingsRequest", "ModerationRequest",
-                  "EncodeRequest", "DecodeRequest", "LogitsRequest", "LoadModelRequest")  # fmt: skip
+SKIPPED_METHODS = {"HEAD", "OPTIONS"}
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Hearth API</title>
 <link rel="stylesheet" href="/docs/static/swagger-ui.css"></head><body><div id="ui"></div>
 <script src="/docs/static/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script></body></html>"""
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui", persistAuthorization: true});</script></body></html>"""
 
 
-@lru_cache(maxsize=1)
-def _component_schemas() -> dict:
+@dataclass(frozen=True)
+class Operation:
+    """What /openapi.json says of a route: a summary, its request body's pydantic model, a tag."""
+
+    summary: str
+    request: type[BaseModel] | None = None
+    tag: str = "OpenAI"
+
+
+def documented(summary: str, request: type[BaseModel] | None = None, tag: str = "OpenAI") -> Callable:
+    """Mark a view function for the OpenAPI document (put it under the route decorator)."""
+
+    def mark(view: Callable) -> Callable:
+        view.openapi = Operation(summary, request, tag)
+        return view
+
+    return mark
+
+
+def documented_routes(app) -> list[tuple[str, str, Operation]]:
+    """(method, OpenAPI path, Operation) of every documented route of `app`, read from its URL map."""
+    routes = []
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        operation = getattr(app.view_functions.get(rule.endpoint), "openapi", None)
+        if operation is None:
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        routes += [(method.lower(), path, operation) for method in sorted(rule.methods - SKIPPED_METHODS)]
+    return routes
+
+
+def _component_schemas(models: tuple[type[BaseModel], ...]) -> dict:
     from pydantic.json_schema import models_json_schema
 
-    models = [(getattr(schemas, name), "validation") for name in REQUEST_MODELS]
-    _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     return top.get("$defs", {})
 
 
-def openapi_document(routes) -> dict:
-    """The OpenAPI 3.1 description of Hearth's API."""
+def openapi_document(routes: list[tuple[str, str, Operation]]) -> dict:
+    """The OpenAPI 3.1 description of the documented routes."""
     error = {"$ref": "#/components/schemas/Error"}
     paths: dict = {}
-    for method, path, summary, model, tag in routes:
-        op = {"summary": summary, "tags": [tag], "responses": {
+    for method, path, operation in routes:
+        model = operation.request.__name__ if operation.request else None
+        op = {"summary": operation.summary, "tags": [operation.tag], "responses": {
             "200": {"description": "OK"},
             "4XX": {"description": "Error", "content": {"application/json": {"schema": error}}},
         }}  # fmt: skip
@@ -61,7 +73,7 @@ def openapi_document(routes) -> dict:
             ref = {"$ref": f"#/components/schemas/{model}"}
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
         paths.setdefault(path, {})[method] = op
-    components = dict(_component_schemas())
+    components = _component_schemas(tuple(dict.fromkeys(o.request for _, _, o in routes if o.request)))
     components["Error"] = {
         "type": "object",
         "required": ["error"],
@@ -87,22 +99,20 @@ def openapi_document(routes) -> dict:
 
 @bp.get("/openapi.json")
 def openapi_json():
-    """The OpenAPI document."""
-    return jsonify(openapi_document(ROUTES))
+    """The OpenAPI document, from the routes' own metadata and request models."""
+    return jsonify(openapi_document(documented_routes(current_app)))
 
 
 @bp.get("/docs")
 def docs_page():
-    """Swagger UI, served from the swagger-ui-bundle package (no CDN)."""
+    """Swagger UI 5 (OpenAPI 3.1), served from the swagger-ui-py package (no CDN)."""
     return Response(PAGE, mimetype="text/html")
 
 
 @bp.get("/docs/static/<path:name>")
 def docs_static(name: str):
     """Swagger UI's own files."""
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
         abort(404)
-    current_app.logger.debug("docs asset %s", name)
-    return send_from_directory(swagger_ui_path, name)
+    return send_from_directory(Path(spec.submodule_search_locations[0]) / "static", name)

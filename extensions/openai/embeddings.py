@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, jsonify
 
+from extensions.openai.docs import documented
 from extensions.openai.errors import APIError
 from extensions.openai.params import check_unknown
 from extensions.openai.schemas import EmbeddingsRequest, ModerationRequest
@@ -15,6 +16,7 @@ bp = Blueprint("embeddings", __name__)
 
 
 @bp.post("/v1/embeddings")
+@documented("Embeddings (sentence-transformers; float or base64)", EmbeddingsRequest)
 def embeddings():
     """OpenAI embeddings: float lists or base64 little-endian float32."""
     st = state()
@@ -50,6 +52,7 @@ def _texts(raw, embedder) -> list[str]:
 
 
 @bp.post("/v1/moderations")
+@documented("Embedding-based moderation", ModerationRequest)
 def moderations():
     """text-generation-webui's embedding-based moderation, in OpenAI's response shape."""
     st = state()

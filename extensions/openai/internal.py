@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from extensions.openai.docs import documented
 from extensions.openai.state import state
 
 bp = Blueprint("internal", __name__)
 
 
 @bp.get("/v1/internal/health")
+@documented("Liveness, the entries' models and queues", tag="Internal")
 def health():
     """{"status": "ok"} plus what is loaded and how busy the scheduler is."""
     runtime = state().runtime

@@ -5,6 +5,7 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
+from extensions.openai.docs import documented
 from extensions.openai.errors import APIError
 from extensions.openai.schemas import LoadModelRequest, UnloadModelRequest
 from extensions.openai.state import parse, state
@@ -17,12 +18,14 @@ log = logging.getLogger(__name__)
 
 
 @bp.get("/v1/internal/model/list")
+@documented("Models in the models folder (admin)", tag="Models")
 def model_list():
     """Names of every model in the models folder."""
     return jsonify({"model_names": [e.name for e in state().runtime.pool.folder_models()]})
 
 
 @bp.get("/v1/internal/model/info")
+@documented("Every pool entry and its model", tag="Models")
 def model_info():
     """The default entry's model (text-generation-webui's fields) and, under `entries`, every pool entry."""
     runtime = state().runtime
@@ -53,6 +56,7 @@ def detected_template(engine) -> str:
 
 
 @bp.post("/v1/internal/model/load")
+@documented("Load a model into a pool entry (admin)", LoadModelRequest, tag="Models")
 def model_load():
     """Load a model into an entry (`name`, default: the default entry); the others keep serving.
 
@@ -97,6 +101,7 @@ def _load_options(args: dict, strict: bool) -> tuple[dict, list[str]]:
 
 
 @bp.post("/v1/internal/model/unload")
+@documented("Unload a pool entry's model (admin)", UnloadModelRequest, tag="Models")
 def model_unload():
     """Unload one entry's model (`name`, default: the default entry) after its running requests finish."""
     name = parse(UnloadModelRequest).name if request.get_data(cache=True).strip() else None
@@ -105,6 +110,7 @@ def model_unload():
 
 
 @bp.post("/v1/internal/stop-generation")
+@documented("Stop every generation (admin)", tag="Models")
 def stop_generation():
     """Stop every running and waiting generation of every entry; streams end with finish_reason 'stop'."""
     cancelled = state().runtime.pool.cancel_all()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from extensions.openai.docs import documented
 from extensions.openai.state import state
 from modules.model_dir import ModelEntry
 
@@ -40,6 +41,7 @@ def _objects() -> list[dict]:
 
 @bp.get("/v1/models")
 @bp.get("/v1/engines")
+@documented("List models: the pool's entries, then the rest of the models folder")
 def list_models():
     """The pool's entries, loaded first, then every other model in the models folder."""
     return jsonify({"object": "list", "data": _objects()})
@@ -47,6 +49,7 @@ def list_models():
 
 @bp.get("/v1/models/<path:model_id>")
 @bp.get("/v1/engines/<path:model_id>")
+@documented("One model")
 def get_model(model_id: str):
     """One model by id; 404 listing the names when there is none of that name."""
     for obj in _objects():

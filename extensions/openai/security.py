@@ -12,6 +12,8 @@ from extensions.openai.state import state
 ADMIN_PREFIXES = ("/v1/internal/model/load", "/v1/internal/model/unload", "/v1/internal/model/list",
                   "/v1/internal/stop-generation")  # fmt: skip
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+PUBLIC_PATHS = ("/openapi.json", "/docs", "/docs/")
+PUBLIC_PREFIX = "/docs/static/"
 
 
 def install(app: Flask) -> None:
@@ -28,6 +30,8 @@ def _check_request():
         # Without --listen only loopback names are served: a DNS-rebinding page cannot reach the API.
         raise APIError(400, "invalid Host header; start with --listen to serve other host names",
                        param=None, code="invalid_host")  # fmt: skip
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIX):
+        return None  # the API's description and its docs page: every call made from the page needs the key
     admin_route = request.path.startswith(ADMIN_PREFIXES)
     needed = (config.admin_key or config.api_key) if admin_route else config.api_key
     if needed and not _key_matches(needed):

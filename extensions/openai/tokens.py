@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from extensions.openai.docs import documented
 from extensions.openai.params import check_unknown, sampler_values
 from extensions.openai.responses import token_text
 from extensions.openai.schemas import DecodeRequest, EncodeRequest, LogitsRequest
@@ -12,6 +13,7 @@ bp = Blueprint("tokens", __name__)
 
 
 @bp.post("/v1/internal/encode")
+@documented("Tokenize text", EncodeRequest, tag="Internal")
 def encode():
     """Token ids of `text`, as /v1/completions would tokenize it (BOS included when the model adds one)."""
     req = parse(EncodeRequest)
@@ -20,6 +22,7 @@ def encode():
 
 
 @bp.post("/v1/internal/decode")
+@documented("Detokenize ids", DecodeRequest, tag="Internal")
 def decode():
     """Text of token ids."""
     req = parse(DecodeRequest)
@@ -27,6 +30,7 @@ def decode():
 
 
 @bp.post("/v1/internal/token-count")
+@documented("Count tokens", EncodeRequest, tag="Internal")
 def token_count():
     """Number of tokens in `text`."""
     req = parse(EncodeRequest)
@@ -34,6 +38,7 @@ def token_count():
 
 
 @bp.post("/v1/internal/logits")
+@documented("Next-token probabilities, raw or after samplers", LogitsRequest, tag="Internal")
 def logits():
     """The most likely next tokens and their probabilities, raw or after the request's sampler settings."""
     st = state()
