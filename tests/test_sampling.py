@@ -70,3 +70,18 @@ def test_top_logprobs_sorted():
     lp = torch.log_softmax(torch.tensor([1.0, 3.0, 2.0]), -1)
     top = top_logprobs(lp, 2)
     assert [t for t, _ in top] == [1, 2]
+
+
+def test_settings_at_the_float_limits_pick_the_likeliest_token_instead_of_failing():
+    """A temperature or repetition penalty of 1e-300 overflows the logits (found by fuzzing: the batch failed)."""
+    import torch
+
+    from modules.generation import SamplingParams
+    from modules.loaders.sampling import apply_penalties, sample
+
+    logits = torch.tensor([0.5, 2.0, -1.0, 1.0])
+    generator = torch.Generator().manual_seed(0)
+    assert sample(logits, SamplingParams(temperature=1e-300), generator) == 1
+    params = SamplingParams(temperature=1.0, repetition_penalty=5e-324)
+    penalized = apply_penalties(logits, params, torch.tensor([3]), torch.tensor([], dtype=torch.long))
+    assert sample(penalized, params, generator) == 3  # the penalty "rewards" token 3 without bound

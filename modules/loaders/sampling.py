@@ -61,7 +61,12 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     """Pick one token id from processed logits [V]."""
     if params.greedy:
         return int(torch.argmax(logits))
-    probs = torch.softmax(filter_logits(logits, params), -1)
+    filtered = filter_logits(logits, params)
+    probs = torch.softmax(filtered, -1)
+    if not bool(torch.isfinite(probs).all()):
+        # Settings at the float limits (a temperature or repetition penalty of 1e-300) overflow the logits: their
+        # limit is the likeliest token. Found by fuzzing: multinomial raised and failed the whole batch.
+        return int(torch.argmax(torch.nan_to_num(logits, nan=NEG_INF)))
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
