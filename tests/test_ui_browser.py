@@ -326,6 +326,8 @@ def test_switch_character_shows_greeting_then_regenerate(hearth, page, user_data
 
 @pytest.mark.browser
 def test_stop_cancels_the_reply(hearth, page, user_data):
+    from playwright.sync_api import expect
+
     open_ui(page, hearth.ui_url)
     set_parameters(page, max_new_tokens=470, seed=7)  # a fixed seed: the same prompt gives the same reply
     page.click("#new-chat")  # instruct mode, the Assistant: a short prompt, room for a long reply
@@ -335,11 +337,13 @@ def test_stop_cancels_the_reply(hearth, page, user_data):
     page.click("#remove-last")  # the exchange goes, the message returns to the input box
     wait_idle(page, lambda: user_texts(page) == [] and page.input_value("#chat-input textarea") != "")
     assert page.input_value("#chat-input textarea") == "Tell me a very long story"
+    assert page.locator("#stop").is_disabled()  # nothing runs: Stop is not offered
     watch_reply_lengths(page)
     page.click("#send")
     page.wait_for_function("() => window.__lengths.some(n => n > 0)", timeout=30_000)
     page.click("#stop")
     wait_idle(page, lambda: len(bot_texts(page)) == 1)
+    expect(page.locator("#stop")).to_be_disabled()
     stopped = saved_chats(user_data, "instruct", "Assistant")[-1]["messages"][-1]["content"]
     assert stopped and full.startswith(stopped) and len(stopped) < len(full)
 

@@ -89,7 +89,8 @@ def build(runtime) -> ChatTab:
             with gr.Row():
                 names = ("Stop", "Regenerate", "Continue", "Remove last", "Copy last", "New chat")
                 buttons = {n: gr.Button(n, size="sm", elem_id=n.lower().replace(" ", "-"), min_width=80,
-                                        variant="stop" if n == "Stop" else "secondary") for n in names}  # fmt: skip
+                                        variant="stop" if n == "Stop" else "secondary",
+                                        interactive=n != "Stop") for n in names}  # Stop: only while a reply runs
             context = gr.Markdown(elem_id="context-info")
         with gr.Column(scale=1, min_width=280):
             model = gr.Dropdown(model_choices(runtime), value="", label="Model", elem_id="chat-model",
@@ -141,10 +142,17 @@ def wire(runtime, store: HistoryStore, state: gr.State, tab: ChatTab, params: Pa
                                       data[tab.name1]))  # fmt: skip
         return view.refresh(data[state], data)
 
+    def replying(trigger, fn, inputs, outputs) -> None:
+        """Wire a reply-making event; the Stop button is live from its start to its end."""
+        stop = tab.buttons["Stop"]
+        trigger(lambda: gr.update(interactive=True), outputs=stop, queue=False)
+        trigger(fn, inputs=inputs, outputs=outputs).then(lambda: gr.update(interactive=False), outputs=stop,
+                                                         queue=False)  # fmt: skip
+
     for trigger in (tab.send.click, tab.text.submit):
-        trigger(send, inputs={tab.text, *inputs}, outputs=[tab.text, *streamed])
-    tab.buttons["Regenerate"].click(regenerate, inputs=inputs, outputs=streamed)
-    tab.buttons["Continue"].click(continue_, inputs=inputs, outputs=streamed)
+        replying(trigger, send, {tab.text, *inputs}, [tab.text, *streamed])
+    replying(tab.buttons["Regenerate"].click, regenerate, inputs, streamed)
+    replying(tab.buttons["Continue"].click, continue_, inputs, streamed)
     tab.buttons["Stop"].click(lambda s: s.stop(), inputs=state, queue=False)
     tab.buttons["Remove last"].click(remove_last, inputs=inputs, outputs=[tab.text, *streamed])
     tab.buttons["Copy last"].click(lambda s: s.conversation.last_reply(), inputs=state, outputs=tab.text)
