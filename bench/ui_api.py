@@ -90,7 +90,7 @@ class BrowserChat:
 
     def clear(self) -> None:
         """A fresh chat, so histories do not grow from phase to phase."""
-        self.page.click("#new-chat") if self.page.locator("#new-chat").count() else None
+        self.page.click("#new-chat")
         time.sleep(0.3)
 
     def _busy(self) -> bool:
