@@ -53,8 +53,8 @@ class LocalEngine(Engine):
         """The loaded model, or ModelNotLoaded naming the entry."""
         loader = self.manager.loader
         if loader is None:
-            what = f"entry {self.fixed_name!r} has" if self.fixed_name else "no model is loaded; it has"
-            raise ModelNotLoaded(f"{what} no model loaded; load one with POST /v1/internal/model/load")
+            what = f"entry {self.fixed_name!r} has no model loaded" if self.fixed_name else "no model is loaded"
+            raise ModelNotLoaded(f"{what}; load one with POST /v1/internal/model/load")
         return loader
 
     def chat(self, request: ChatRequest) -> Generation:
