@@ -61,3 +61,23 @@ class GenerationFailed(HearthError):
 
 class SettingsError(HearthError):
     """settings.yaml or a command-line value is invalid."""
+
+
+class UpstreamRejected(HearthError):
+    """An API model's upstream refused the request as the client's mistake (its 4xx); passed back, no fallback."""
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None):
+        super().__init__(message, param=param)
+        self.status = status
+
+
+class UpstreamFailed(HearthError):
+    """Every upstream that could answer failed before its first content (down, rate-limited, timed out)."""
+
+    def __init__(self, message: str, *, rate_limited: bool = False):
+        super().__init__(message)
+        self.rate_limited = rate_limited
+
+
+class UpstreamBroken(HearthError):
+    """An upstream failed after its answer had started; the client gets an error, never a truncated answer."""

@@ -13,9 +13,13 @@ import time
 from typing import Any, Callable, Mapping
 
 from modules.config import ModelSettings
+from modules.engine.base import Engine
+from modules.engine.fallback import FallbackEngine
+from modules.engine.kinds import BuildContext, build_engine
+from modules.engine.local import LocalEngine
 from modules.errors import InvalidParameter, ModelNotFound, ModelNotLoaded, QueueFull, SettingsError
 from modules.loaders.base import Loader, ModelInfo
-from modules.engine.local import LocalEngine
+from modules.model_manager import ModelManager
 from modules.scheduler import Scheduler
 from modules.serving import EntrySpec, ServingConfig, check_entry_name
 
@@ -23,11 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class PoolEntry:
-    """One named place for a model: its engine (with its own scheduler worker and batch) and how it was configured."""
+    """One named place that answers requests: a local model (its engine has its own scheduler worker and batch),
+    an API model or a split; `engine` is what serves it, with the entry's fallbacks when it has some."""
 
-    def __init__(self, engine: LocalEngine, spec: EntrySpec | None = None):
-        self.engine = engine
-        self.manager = engine.manager  # load, swap, unload
+    def __init__(self, engine: Engine, spec=None):
+        self.own_engine = engine
+        self.engine: Engine = engine  # wrapped in a FallbackEngine by the pool when the spec names fallbacks
+        self.manager: ModelManager | None = getattr(engine, "manager", None)  # load, swap, unload (local only)
         self.spec = spec
         self.version = spec.version if spec else ""
         self.last_used = time.monotonic()
@@ -35,48 +41,68 @@ class PoolEntry:
     @property
     def fixed_name(self) -> str | None:
         """The configured name; None for the entry named after its model (the pool of one of `--model X`)."""
-        return self.engine.fixed_name
+        return getattr(self.own_engine, "fixed_name", self.own_engine.name)
 
     @property
     def name(self) -> str | None:
         """The name clients send as `model`; None for an unnamed entry with nothing loaded."""
-        return self.engine.name
+        return self.own_engine.name
 
     @property
-    def scheduler(self) -> Scheduler:
-        """The entry's own scheduler (one worker thread, one batch)."""
-        return self.manager.scheduler
+    def scheduler(self) -> Scheduler | None:
+        """The entry's own scheduler (one worker thread, one batch); None for entries without a local model."""
+        return self.manager.scheduler if self.manager is not None else None
 
     @property
     def loader(self) -> Loader | None:
         """The model this entry serves now, or None."""
-        return self.manager.loader
+        return self.manager.loader if self.manager is not None else None
 
     @property
     def model_name(self) -> str | None:
         """The models-folder name of the model loaded here, or None."""
-        return self.manager.entry.name if self.manager.entry is not None else None
+        if self.manager is None or self.manager.entry is None:
+            return None
+        return self.manager.entry.name
 
     def idle(self) -> bool:
-        """True when nothing is queued or running on this entry (arrivals are announced to the default entry)."""
+        """True when nothing is queued or running on this entry's worker (arrivals are announced to the default)."""
+        if self.scheduler is None:
+            return True
         stats = self.scheduler.stats()
         return not (stats["waiting"] or stats["active"])
 
+    def health(self) -> dict:
+        """What /v1/internal/health shows of this entry."""
+        info: dict = {"name": self.name, "kind": getattr(self.spec, "kind", "local")}
+        if self.manager is not None:
+            info.update(model=self.model_name, loading=self.manager.loading, **self.scheduler.stats())
+        upstreams = self.own_engine.health()
+        if upstreams:
+            info["upstreams"] = upstreams
+        fallback = getattr(self.spec, "fallback", ())
+        if fallback:
+            info["fallback"] = list(fallback)
+        return info
+
     def close(self) -> None:
-        """Stop the worker and free the model."""
-        self.scheduler.close()
-        loader = self.scheduler.loader
-        if loader is not None:
-            loader.unload()
+        """Stop the worker and free the model (or the engine's connections)."""
+        if self.scheduler is not None:
+            self.scheduler.close()
+            loader = self.scheduler.loader
+            if loader is not None:
+                loader.unload()
+        self.own_engine.close()
 
 
 class ModelPool:
     """Every entry, routing by name, and loads/unloads per entry; the default entry serves requests without `model`."""
 
     def __init__(self, settings: ModelSettings, make_engine: Callable[[str | None], LocalEngine],
-                 serving: ServingConfig | None = None):  # fmt: skip
+                 serving: ServingConfig | None = None, preferences=None):  # fmt: skip
         self.settings = settings
         self.serving = serving
+        self.preferences = preferences  # modules.preferences.PreferenceLog, when the serving file names one
         self._make_engine = make_engine  # a new entry's engine, with its own scheduler
         self._lock = threading.RLock()  # guards the entry list; loads run outside it
         self._demand = threading.Lock()  # one on-demand load at a time
@@ -85,13 +111,26 @@ class ModelPool:
             self._entries = [self._new_entry(None)]
             self._default = self._entries[0]
         else:
-            self._entries = [self._new_entry(spec.name, spec) for spec in serving.entries]
+            context = BuildContext(make_engine, self._served_engine, preferences)
+            self._entries = [PoolEntry(build_engine(spec, context), spec) for spec in serving.entries]
+            for entry in self._entries:
+                if entry.spec.fallback:
+                    entry.engine = FallbackEngine(entry.own_engine, lambda e=entry: self._fallbacks(e))
             self._default = next(e for e in self._entries if e.fixed_name == serving.default)
+        local = [e for e in self.entries() if e.manager is not None]
+        # The models folder is listed (and single-model code finds its manager) through a local entry; a pool of
+        # API models only gets an idle one for that.
+        self._local = local[0] if local else self._new_entry(None)
 
     @property
     def default(self) -> PoolEntry:
         """The entry serving requests that name no model."""
         return self._default
+
+    @property
+    def local(self) -> PoolEntry:
+        """The default entry if it holds a local model, else the first that does (or an idle, unnamed one)."""
+        return self._default if self._default.manager is not None else self._local
 
     @property
     def strict(self) -> bool:
@@ -155,7 +194,23 @@ class ModelPool:
 
     def folder_models(self):
         """Every model in the models folder, then built-in ones."""
-        return self._default.manager.list()
+        return self.local.manager.list()
+
+    def health(self) -> list[dict]:
+        """Every entry's state: its model and queue, or its upstreams and their cool-downs."""
+        return [e.health() for e in self.entries()]
+
+    def _served_engine(self, name: str) -> Engine:
+        """The engine that serves entry `name` (an A/B arm), with its fallbacks."""
+        entry = self.find(name)
+        if entry is None:
+            raise self.unknown(name)
+        return entry.engine
+
+    def _fallbacks(self, entry: PoolEntry) -> list[Engine]:
+        """The own engines of the entries `entry` falls back to, in order (one level: no chains, no loops)."""
+        found = [self.find(name) for name in entry.spec.fallback]
+        return [e.own_engine for e in found if e is not None]
 
     def load(self, model: str, name: str | None = None, options: Mapping[str, Any] | None = None,
              prompt_settings: Mapping[str, Any] | None = None) -> tuple[PoolEntry, ModelInfo]:  # fmt: skip
@@ -163,8 +218,11 @@ class ModelPool:
 
         The entry's old model serves until the new one is ready and keeps serving if the load fails; other
         entries are untouched."""
-        self.default.manager.resolve(model)  # ModelNotFound before a worker is started for nothing
+        self.local.manager.resolve(model)  # ModelNotFound before a worker is started for nothing
         entry = self._existing(name)
+        if entry is not None and entry.manager is None:
+            raise InvalidParameter(f"entry {entry.name!r} serves no local model (it is {entry.spec.kind!r}); "
+                                   "load into another name", param="name")  # fmt: skip
         if entry is None:
             with self._adding:  # one new entry at a time, so two loads of one new name make one entry
                 entry = self._existing(name)
@@ -176,19 +234,21 @@ class ModelPool:
 
     def load_all(self) -> None:
         """Load every entry of the serving file (at start); an unknown model folder fails before any load."""
-        for entry in self.entries():
-            if entry.spec is not None:
-                self.default.manager.resolve(entry.spec.model)
-        for entry in self.entries():
+        local = [e for e in self.entries() if e.spec is not None and e.manager is not None]
+        for entry in local:
+            self.local.manager.resolve(entry.spec.model)
+        for entry in local:
             spec = entry.spec
-            if spec is not None:
-                entry.manager.load(spec.model, dict(spec.options), spec.prompt_settings)
+            entry.manager.load(spec.model, dict(spec.options), spec.prompt_settings)
 
     def unload(self, name: str | None = None) -> bool:
         """Unload entry `name` (the default when None); entries added at run time leave the pool. False if empty."""
         entry = self._default if name is None else self.find(name)
         if entry is None:
             raise self.unknown(name, param="name")
+        if entry.manager is None:
+            raise InvalidParameter(f"entry {entry.name!r} serves no local model (it is {entry.spec.kind!r})",
+                                   param="name")  # fmt: skip
         unloaded = entry.manager.unload()
         if entry.spec is None and entry.fixed_name is not None:
             with self._lock:
@@ -198,11 +258,11 @@ class ModelPool:
 
     def cancel_all(self) -> int:
         """Cancel every running and waiting generation of every entry."""
-        return sum(e.scheduler.cancel_all() for e in self.entries())
+        return sum(e.scheduler.cancel_all() for e in self.entries() if e.scheduler is not None)
 
     def close(self) -> None:
         """Stop every worker and free every model."""
-        for entry in self.entries():
+        for entry in {id(e): e for e in [*self.entries(), self._local]}.values():
             entry.close()
 
     def _new_entry(self, name: str | None, spec: EntrySpec | None = None) -> PoolEntry:

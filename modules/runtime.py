@@ -30,13 +30,13 @@ class Runtime:
 
     @property
     def models(self) -> ModelManager:
-        """The default entry's model manager (what single-model code and the UI's defaults use)."""
-        return self.pool.default.manager
+        """The default local entry's model manager (what single-model code and the UI's defaults use)."""
+        return self.pool.local.manager
 
     @property
     def scheduler(self) -> Scheduler:
-        """The default entry's scheduler."""
-        return self.pool.default.scheduler
+        """The default local entry's scheduler."""
+        return self.pool.local.scheduler
 
     def close(self) -> None:
         """Stop every worker and free every model."""
@@ -68,5 +68,10 @@ def build_runtime(settings: Settings, serving: ServingConfig | None = None) -> R
                               pacing=pacing)  # fmt: skip
         return LocalEngine(ModelManager(settings.model, model_dir, scheduler, builtin), prompts, settings, name)
 
-    pool = ModelPool(settings.model, make_engine, serving)
+    preferences = None
+    if serving is not None and serving.preference_log:
+        from modules.preferences import PreferenceLog
+
+        preferences = PreferenceLog(settings.path(serving.preference_log))
+    pool = ModelPool(settings.model, make_engine, serving, preferences)
     return Runtime(settings=settings, pool=pool, prompts=prompts)

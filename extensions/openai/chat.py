@@ -39,7 +39,7 @@ def start_chat(st: ApiState, req: ChatCompletionRequest) -> Run:
     check_supported(req)
     gen = serving_engine(req.model).chat(chat_request(req))
     handle, preview = gen.handles[0], gen.preview
-    meta = R.ResponseMeta.new("chatcmpl", gen.model, list(gen.fingerprint))
+    meta = R.ResponseMeta.new("chatcmpl", gen.model, list(gen.fingerprint), gen.id)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     keepalive = st.config.keepalive
     headers = {"X-Hearth-Template": f"{preview.template} ({preview.template_source})", "X-Hearth-Model": gen.model}

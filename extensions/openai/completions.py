@@ -42,7 +42,7 @@ def start_completion(st: ApiState, req: CompletionRequest) -> Run:
     if req.best_of is not None and req.best_of != n:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
     gen = serving_engine(req.model).complete(completion_request(req, _max_tokens(req)))
-    meta = R.ResponseMeta.new("cmpl", gen.model, list(gen.fingerprint))
+    meta = R.ResponseMeta.new("cmpl", gen.model, list(gen.fingerprint), gen.id)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     headers, token_bytes, handles, echoes = {"X-Hearth-Model": gen.model}, gen.token_bytes, gen.handles, gen.echoes
     if not handles:  # echo only: the prompts scored, nothing generated

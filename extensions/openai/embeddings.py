@@ -22,6 +22,9 @@ def embeddings():
     st = state()
     req = parse(EmbeddingsRequest)
     check_unknown(req, st.config.strict)
+    engine = _embedding_engine(st, req.model)
+    if engine is not None:
+        return jsonify(_proxied(engine, req))
     embedder = st.embeddings.get(req.model)
     texts = _texts(req.input, embedder)
     result = embedder.embed(texts, req.dimensions)
@@ -35,6 +38,33 @@ def embeddings():
     tokens = sum(result.token_counts)
     return jsonify({"object": "list", "data": data, "model": embedder.name,
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+
+
+def _embedding_engine(st, model: str | None):
+    """The engine of the pool entry `model` names when it computes embeddings itself (an API model), else None."""
+    entry = st.runtime.pool.find(model) if model else None
+    if entry is None or not entry.engine.capabilities.embeddings:
+        return None
+    return entry.engine
+
+
+def _proxied(engine, req: EmbeddingsRequest) -> dict:
+    """Embeddings from an API model's upstream, in OpenAI's shape."""
+    raw = [req.input] if isinstance(req.input, str) else req.input
+    if not raw or not all(isinstance(x, str) and x for x in raw):
+        raise APIError(400, "input must be a non-empty string or list of non-empty strings for an API model",
+                       param="input")  # fmt: skip
+    vectors, tokens = engine.embed(list(raw), req.dimensions)
+    data = []
+    for index, vector in enumerate(vectors):
+        value = vector
+        if req.encoding_format == "base64":
+            import numpy as np
+
+            value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    return {"object": "list", "data": data, "model": engine.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
 
 
 def _texts(raw, embedder) -> list[str]:

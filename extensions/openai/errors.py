@@ -21,9 +21,13 @@ STATUS = {
     domain.QueueFull: (503, "server_error", "queue_full"),
     domain.ServerShuttingDown: (503, "server_error", "shutting_down"),
     domain.GenerationFailed: (503, "server_error", "generation_failed"),
+    domain.UpstreamRejected: (400, "invalid_request_error", "upstream_rejected"),
+    domain.UpstreamFailed: (502, "server_error", "upstream_failed"),
+    domain.UpstreamBroken: (502, "server_error", "upstream_broken"),
 }
 
-RETRY_AFTER = {domain.QueueFull: "1", domain.ModelChanged: "1", domain.ModelNotLoaded: "5", domain.GenerationFailed: "1"}
+RETRY_AFTER = {domain.QueueFull: "1", domain.ModelChanged: "1", domain.ModelNotLoaded: "5", domain.GenerationFailed: "1",
+               domain.UpstreamFailed: "5"}
 
 
 class APIError(Exception):
@@ -51,6 +55,10 @@ def from_domain(exc: domain.HearthError) -> APIError:
             break
     else:
         status, kind, code = 500, "server_error", None
+    if isinstance(exc, domain.UpstreamRejected):  # the upstream's own 4xx (400, 413, 422) passes through
+        status = exc.status
+    elif isinstance(exc, domain.UpstreamFailed) and exc.rate_limited:
+        status = 503
     error = APIError(status, exc.message, kind, exc.param, code)
     if type(exc) in RETRY_AFTER:
         error.headers["Retry-After"] = RETRY_AFTER[type(exc)]

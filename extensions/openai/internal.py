@@ -12,10 +12,11 @@ bp = Blueprint("internal", __name__)
 @bp.get("/v1/internal/health")
 @documented("Liveness, the entries' models and queues", tag="Internal")
 def health():
-    """{"status": "ok"} plus what is loaded and how busy the scheduler is."""
+    """{"status": "ok"} plus what is loaded and how busy the scheduler is; `entries`: every pool entry's state
+    (an API model's upstreams with their cool-downs)."""
     runtime = state().runtime
     info = runtime.models.info
     return jsonify(
         {"status": "ok", "model": info.name if info else None, "loading": runtime.models.loading,
-         **runtime.scheduler.stats()}
+         **runtime.scheduler.stats(), "entries": runtime.pool.health()}
     )  # fmt: skip

@@ -38,8 +38,11 @@ def model_info():
 
 def entry_info(entry, default: bool) -> dict:
     """One entry: its name, version and model, with the settings passed when it was loaded."""
-    manager, info = entry.manager, entry.manager.info
     head = {"name": entry.name, "default": default, "version": entry.version}
+    manager = entry.manager
+    if manager is None:  # an API model or a split: no local model to describe
+        return {**head, "model_name": entry.spec.kind, "kind": entry.spec.kind, "lora_names": [], "loading": False}
+    info = manager.info
     if info is None:
         return {**head, "model_name": "None", "lora_names": [], "loading": manager.loading}
     return {**head, "model_name": info.name, "lora_names": [], "loader": info.loader,

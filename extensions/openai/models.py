@@ -29,6 +29,12 @@ def _objects() -> list[dict]:
     for entry in pool.entries():
         if entry.name is None:
             continue
+        if entry.manager is None:  # an API model or a split
+            kind = entry.spec.kind
+            objects.append({"id": entry.name, "object": "model", "created": 0, "owned_by": kind, "loaded": True,
+                            "loader": kind, "model": None, "version": entry.version})  # fmt: skip
+            listed.add(entry.name)
+            continue
         model = entry.manager.entry  # the ModelEntry loaded, or the serving file's folder when unloaded
         model = model or folder.get(entry.spec.model if entry.spec else "")
         base = model_object(model, entry.loader is not None) if model else {

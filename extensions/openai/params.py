@@ -57,14 +57,14 @@ def chat_request(req: ChatCompletionRequest) -> engine.ChatRequest:
     )  # fmt: skip
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return engine.ChatRequest(tuple(flatten_messages(req.messages)), prompt, sampler_values(req),
-                              output_options(req, given[0] if given else None, logprobs))  # fmt: skip
+                              output_options(req, given[0] if given else None, logprobs), user=req.user)  # fmt: skip
 
 
 def completion_request(req: CompletionRequest, max_tokens: int) -> engine.CompletionRequest:
     """The engine's completion request: every prompt as text or a tuple of token ids."""
     prompts = tuple(p if isinstance(p, str) else tuple(p) for p in _prompt_list(req.prompt))
     return engine.CompletionRequest(prompts, req.suffix, req.echo, sampler_values(req),
-                                    output_options(req, max_tokens, req.logprobs))  # fmt: skip
+                                    output_options(req, max_tokens, req.logprobs), user=req.user)  # fmt: skip
 
 
 def _prompt_list(prompt) -> list:

@@ -24,10 +24,10 @@ class ResponseMeta:
     system_fingerprint: str = ""
 
     @classmethod
-    def new(cls, prefix: str, model: str, fingerprint_parts: Sequence[str] = ()) -> "ResponseMeta":
-        """A fresh id for `model`; the fingerprint changes when the model or its settings do."""
+    def new(cls, prefix: str, model: str, fingerprint_parts: Sequence[str] = (), id: str | None = None) -> "ResponseMeta":
+        """A fresh id for `model` (or the engine's `id`); the fingerprint changes when the model or its settings do."""
         digest = hashlib.sha256("|".join([HEARTH_VERSION, model, *fingerprint_parts]).encode()).hexdigest()[:10]
-        return cls(id=f"{prefix}-{uuid.uuid4().hex}", model=model, system_fingerprint=f"fp_{digest}")
+        return cls(id=id or f"{prefix}-{uuid.uuid4().hex}", model=model, system_fingerprint=f"fp_{digest}")
 
 
 def finish_name(reason: FinishReason | None) -> str | None:

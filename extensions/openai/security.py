@@ -10,7 +10,7 @@ from extensions.openai.errors import APIError
 from extensions.openai.state import state
 
 ADMIN_PREFIXES = ("/v1/internal/model/load", "/v1/internal/model/unload", "/v1/internal/model/list",
-                  "/v1/internal/stop-generation")  # fmt: skip
+                  "/v1/internal/stop-generation", "/v1/internal/preferences")  # fmt: skip
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 PUBLIC_PATHS = ("/openapi.json", "/docs", "/docs/")
 PUBLIC_PREFIX = "/docs/static/"

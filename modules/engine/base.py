@@ -25,6 +25,7 @@ class Capabilities:
     prompt_logprobs: bool = True  # logprobs of an echoed prompt
     logits: bool = True  # next-token probabilities (/v1/internal/logits)
     max_batch: int = 1  # requests decoded together
+    embeddings: bool = False  # answers /v1/embeddings itself (Engine.embed)
 
     def require(self, name: str, param: str, what: str) -> None:
         """InvalidParameter (a 400 naming `param`) unless capability `name` is there."""
@@ -88,6 +89,7 @@ class ChatRequest:
     prompt: PromptChoices = field(default_factory=PromptChoices)
     sampling: SamplerValues = field(default_factory=SamplerValues)
     output: OutputOptions = field(default_factory=OutputOptions)
+    user: str | None = None  # the client's end-user id (OpenAI's `user`): sticky A/B arms
     shrink_reply: bool = False  # when even the latest turn leaves less room than max_tokens, reply in what is left
 
 
@@ -100,6 +102,7 @@ class CompletionRequest:
     echo: bool = False
     sampling: SamplerValues = field(default_factory=SamplerValues)
     output: OutputOptions = field(default_factory=OutputOptions)
+    user: str | None = None  # the client's end-user id (OpenAI's `user`): sticky A/B arms
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class Generation:
     preview: PromptPreview | None = None  # chat: the rendered prompt
     echoes: list[tuple[str, list]] | None = None  # completions with echo: (text, prompt-token logprobs) per prompt
     prompt_tokens: int = 0  # completions: the prompts' tokens (usage of an echo-only request)
+    id: str | None = None  # the response id, when the engine chose it (an A/B split logs under it)
 
     def cancel(self) -> None:
         """Stop every choice (a dropped client frees its batch slots)."""
@@ -203,3 +207,15 @@ class Engine(ABC):
         """Text of token ids (engines with token ids only)."""
         self.capabilities.require("token_ids", "tokens", "decoding token ids")
         raise NotImplementedError
+
+    def embed(self, texts: list[str], dimensions: int | None = None) -> tuple[list[list[float]], int]:
+        """Embedding vectors of `texts` and the tokens counted (engines with Capabilities.embeddings only)."""
+        self.capabilities.require("embeddings", "model", "embeddings")
+        raise NotImplementedError
+
+    def health(self) -> list[dict]:
+        """The state of what answers for this engine (an API model's upstreams); [] when nothing to report."""
+        return []
+
+    def close(self) -> None:
+        """Free what the engine holds (connections); a pool entry's worker is closed by the pool."""

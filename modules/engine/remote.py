@@ -1,0 +1,415 @@
+"""An API model: a pool entry answered by OpenAI-compatible upstream servers (`device: api` in the serving file).
+
+Requests go out as OpenAI chat/completions calls to the least busy member of the entry's upstreams; the answer is
+held back until its first content so that a failing member is retried on the next (see modules.engine.upstream),
+then streamed through the same Stream protocol local models use. The upstream renders prompts and owns the
+tokenizer, so the engine declares no templates, token ids, logprobs or logits: front ends refuse what needs them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping
+
+from modules.engine.base import (
+    Capabilities, ChatRequest, CompletionRequest, Engine, Generation, PromptPreview, SamplerValues, TokenProb,
+)
+from modules.engine.upstream import END, Call, Failure, Members, broken, error_message, start_call
+from modules.errors import InvalidParameter, SettingsError, UpstreamFailed
+from modules.generation import Choice, Completion, Delta, FinishReason, Usage
+
+CAPABILITIES = Capabilities(templates=False, token_ids=False, logprobs=False, prompt_logprobs=False, logits=False,
+                            max_batch=1024, embeddings=True)  # fmt: skip
+FINISH = {"length": FinishReason.LENGTH}  # everything else upstream ("stop", "eos", "content_filter") ends as stop
+UNSUPPORTED_PROMPT = ("instruction_template", "instruction_template_str", "chat_template_str", "context", "greeting",
+                      "chat_instruct_command", "name2")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    """An API-model entry of the serving file."""
+
+    name: str
+    base_urls: tuple[str, ...]
+    upstream_model: str
+    api_key_env: str = ""  # the env var holding the upstream's token ("" for none)
+    timeout: float = 30.0  # seconds to the first content (and at most between two chunks)
+    cooldown: float = 5.0  # seconds a failing member is skipped
+    allowed_fails: int = 1  # failures in a row before a member cools down
+    version: str = ""
+    fallback: tuple[str, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # sampler defaults
+    kind: str = "api"
+
+    def token(self) -> str:
+        """The upstream's token, read from its env var now ("" when none is configured)."""
+        if not self.api_key_env:
+            return ""
+        value = os.environ.get(self.api_key_env, "")
+        if not value:
+            raise UpstreamFailed(f"the API model {self.name!r} has no token: its env var {self.api_key_env} is unset")
+        return value
+
+
+class RemoteEngine(Engine):
+    """Answers an entry's requests through its upstream members."""
+
+    def __init__(self, spec: ApiSpec):
+        import httpx
+
+        self.spec = spec
+        self.members = Members(spec.base_urls, spec.cooldown, spec.allowed_fails)
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        # One timeout for connecting and for each read: the first-content deadline is enforced on top (_first).
+        self._client = httpx.Client(timeout=httpx.Timeout(spec.timeout), limits=limits, follow_redirects=False,
+                                    trust_env=False)  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        """The entry's name."""
+        return self.spec.name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """No templates, token ids, logprobs or logits: the upstream keeps them."""
+        return CAPABILITIES
+
+    def chat(self, request: ChatRequest) -> Generation:
+        """Send the conversation upstream; returns once its first content has arrived (or raises)."""
+        _check_prompt_choices(request)
+        body = {"messages": [dict(m) for m in request.messages], **self._options(request.sampling, request.output)}
+        stream = self._open("/chat/completions", body, request.output.n, chat=True)
+        return self._generation([stream], preview=self.preview(request))
+
+    def complete(self, request: CompletionRequest) -> Generation:
+        """Send every prompt upstream (one call each); returns once each has its first content."""
+        if any(not isinstance(p, str) for p in request.prompts):
+            self.capabilities.require("token_ids", "prompt", "a prompt of token ids")
+        body = self._options(request.sampling, request.output)
+        if request.suffix is not None:
+            body["suffix"] = request.suffix
+        streams: list[RemoteStream] = []
+        try:
+            for prompt in request.prompts:
+                streams.append(self._open("/completions", {"prompt": prompt, **body}, request.output.n, chat=False))
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            raise
+        gen = self._generation(streams)
+        if request.echo:  # the prompt is echoed here: no upstream needs to support `echo`
+            gen.echoes = [(prompt, []) for prompt in request.prompts]
+        return gen
+
+    def preview(self, request: ChatRequest) -> PromptPreview:
+        """The messages as sent upstream (the upstream renders and counts the prompt itself)."""
+        text = json.dumps([dict(m) for m in request.messages], ensure_ascii=False)
+        return PromptPreview(text=text, tokens=0, template="upstream", template_source="api", stop=(),
+                             context_length=0)  # fmt: skip
+
+    def next_token_probs(self, prompt: str, sampling: SamplerValues | None, top: int) -> list[TokenProb]:
+        """Not available: the upstream's logits do not cross HTTP."""
+        self.capabilities.require("logits", "prompt", "next-token probabilities")
+        return []
+
+    def embed(self, texts: list[str], dimensions: int | None = None) -> tuple[list[list[float]], int]:
+        """Embeddings of `texts` from the first member that answers, and the prompt tokens it counted."""
+        body: dict[str, Any] = {"model": self.spec.upstream_model, "input": texts, "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        last: Failure | None = None
+        for member in self.members.candidates():
+            try:
+                response = self._client.post(member.url + "/embeddings", json=body, headers=self._headers())
+            except Exception as exc:
+                last = Failure(f"cannot reach the upstream ({type(exc).__name__})")
+                self.members.failed(member, last)
+                continue
+            if response.status_code == 200:
+                self.members.succeeded(member)
+                data = response.json()
+                vectors = [item["embedding"] for item in sorted(data["data"], key=lambda d: d.get("index", 0))]
+                return vectors, int((data.get("usage") or {}).get("prompt_tokens") or 0)
+            from modules.engine.upstream import status_error
+
+            error = status_error(response)
+            if not isinstance(error, Failure):
+                raise error
+            last = error
+            self.members.failed(member, error)
+        raise UpstreamFailed(f"the API model {self.name!r} failed: {last.message if last else 'no upstream'}",
+                             rate_limited=bool(last and last.status == 429))  # fmt: skip
+
+    def health(self) -> list[dict]:
+        """Each member's state and cool-down."""
+        return self.members.states()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def _generation(self, streams: list["RemoteStream"], preview: PromptPreview | None = None) -> Generation:
+        return Generation(model=self.name, handles=streams, token_bytes=lambda _id: b"",
+                          fingerprint=("api", self.spec.upstream_model), preview=preview)  # fmt: skip
+
+    def _headers(self) -> dict[str, str]:
+        token = self.spec.token()  # the client's own Authorization is never copied: only this one is sent
+        headers = {"Accept": "text/event-stream"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _options(self, sampling: SamplerValues, output) -> dict[str, Any]:
+        """The upstream request's sampler and output fields; only what is set, so the upstream's defaults apply."""
+        body: dict[str, Any] = {"model": self.spec.upstream_model, "stream": True,
+                                "stream_options": {"include_usage": True}}  # fmt: skip
+        for key, default in self.spec.settings.items():
+            body[key] = default
+        for key in ("temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty", "presence_penalty",
+                    "frequency_penalty"):  # fmt: skip
+            value = getattr(sampling, key)
+            if value is not None:
+                body[key] = value
+        if sampling.seed is not None and sampling.seed != -1:
+            body["seed"] = sampling.seed
+        if sampling.logit_bias:
+            body["logit_bias"] = dict(sampling.logit_bias)
+        if output.logprobs is not None:
+            self.capabilities.require("logprobs", "logprobs", "logprobs")
+        if output.stop_token_ids:
+            self.capabilities.require("token_ids", "stop_token_ids", "stop_token_ids")
+        if output.max_tokens is not None:
+            body["max_tokens"] = output.max_tokens
+        if output.min_tokens:
+            body["min_tokens"] = output.min_tokens  # vLLM's name; an upstream without it answers 400, passed back
+        if output.ban_eos:
+            body["ignore_eos"] = True
+        if output.n != 1:
+            body["n"] = output.n
+        if output.stop:
+            body["stop"] = list(output.stop)
+        return body
+
+    def _open(self, path: str, body: dict, n: int, chat: bool) -> "RemoteStream":
+        """A stream from the first member whose answer starts; UpstreamFailed when none does."""
+        headers = self._headers()
+        last: Failure | None = None
+        for member in self.members.candidates():  # when all cool down: the first to recover, tried at once
+            self.members.begin(member)
+            call = start_call(self._client, member, path, body, headers)
+            try:
+                held = _first(call, n, chat, self.spec.timeout)
+            except Failure as failure:
+                call.cancel()
+                self.members.end(member)
+                self.members.failed(member, failure)
+                last = failure
+                continue
+            except BaseException:
+                call.cancel()
+                self.members.end(member)
+                raise
+            self.members.succeeded(member)
+            return RemoteStream(call, n, chat, held, lambda m=member: self.members.end(m), self.spec.timeout)
+        raise UpstreamFailed(f"the API model {self.name!r} failed: {last.message if last else 'no upstream'}",
+                             rate_limited=bool(last and last.status == 429))  # fmt: skip
+
+
+def _check_prompt_choices(request: ChatRequest) -> None:
+    """A chat setting only a local template can honour is a 400, never silently dropped."""
+    for key in UNSUPPORTED_PROMPT:
+        if getattr(request.prompt, key) is not None:
+            raise InvalidParameter(f"{key} is not supported by an API model (its upstream renders the prompt)",
+                                   param=key)  # fmt: skip
+    if request.prompt.continue_:
+        raise InvalidParameter("continue_ is not supported by an API model", param="continue_")
+
+
+def _first(call: Call, n: int, chat: bool, timeout: float) -> list:
+    """What the upstream sent up to and including its first content (or finish); Failure if it never came."""
+    deadline = time.monotonic() + timeout
+    held: list = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Failure(f"no content from the upstream within {timeout:g} s", status=408)
+        try:
+            item = call.inbox.get(timeout=left)
+        except queue.Empty:
+            continue
+        if isinstance(item, Exception):
+            raise item  # Failure (retry elsewhere) or UpstreamRejected (the client's mistake)
+        if item is None or item is END:
+            raise Failure("the upstream ended its stream before any content")
+        error = item.data.get("error") if isinstance(item.data, dict) else None
+        if error is not None:
+            raise Failure(f"the upstream reported an error: {error_message(item.data)}")
+        held.append(item)
+        if any(d.text or d.finish_reason for d in _deltas(item.data, chat)):
+            return held
+
+
+def _deltas(data: dict, chat: bool) -> list[Delta]:
+    """The text deltas of one upstream chunk (a role-only or usage-only chunk has none)."""
+    deltas = []
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if chat:
+            text = (choice.get("delta") or choice.get("message") or {}).get("content") or ""
+        else:
+            text = choice.get("text") or ""
+        reason = choice.get("finish_reason")
+        finish = FINISH.get(reason, FinishReason.STOP) if reason else None
+        if text or finish:
+            deltas.append(Delta(int(choice.get("index") or 0), str(text), finish_reason=finish))
+    return deltas
+
+
+class RemoteStream:
+    """One upstream answer as Hearth's Stream: held chunks first, then the rest as the reader thread gets them."""
+
+    def __init__(self, call: Call, n: int, chat: bool, held: list, on_end, timeout: float):
+        self._call = call
+        self._n = n
+        self._chat = chat
+        self._held = list(held)
+        self._on_end = on_end
+        self._timeout = timeout
+        self._finished = [False] * n
+        self._completion_tokens = 0
+        self._ended = False
+        self.usage = Usage(0, 0)
+
+    @property
+    def n(self) -> int:
+        """How many choices."""
+        return self._n
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Never: API models give no logprobs."""
+        return False
+
+    def events(self, idle: float | None = None) -> Iterator[Delta | None]:
+        """Text deltas; UpstreamBroken if the upstream fails or stops before every choice has finished."""
+        try:
+            done = False
+            while not done:
+                item = self._held.pop(0) if self._held else self._next(idle)
+                if item is _IDLE:
+                    yield None
+                    continue
+                done = item is END or item is None
+                if done:
+                    if item is None and not all(self._finished):
+                        raise broken("the connection ended before the answer was complete")
+                    yield from self._close_choices()
+                    continue
+                yield from self._chunk(item.data)
+        finally:
+            self.cancel()
+
+    def result(self) -> Completion:
+        """Every choice once finished, with usage."""
+        texts = [[] for _ in range(self._n)]
+        reasons: list[FinishReason] = [FinishReason.STOP] * self._n
+        for delta in self.events():
+            if 0 <= delta.index < self._n:
+                texts[delta.index].append(delta.text)
+                if delta.finish_reason is not None:
+                    reasons[delta.index] = delta.finish_reason
+        choices = tuple(Choice(i, "".join(texts[i]), (), None, reasons[i]) for i in range(self._n))
+        return Completion(choices, self.usage)
+
+    def cancel(self) -> None:
+        """Stop reading and free the connection (idempotent)."""
+        if not self._ended:
+            self._ended = True
+            self._call.cancel()
+            self._on_end()
+
+    def _next(self, idle: float | None):
+        wait = self._timeout if idle is None else min(idle, self._timeout)
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                item = self._call.inbox.get(timeout=wait)
+                break
+            except queue.Empty:
+                if idle is not None and time.monotonic() < deadline:
+                    return _IDLE
+                raise broken(f"no data from the upstream for {self._timeout:g} s") from None
+        if isinstance(item, Exception):
+            message = item.message if hasattr(item, "message") else str(item)
+            raise broken(message)
+        return item
+
+    def _chunk(self, data: dict) -> Iterator[Delta]:
+        if data.get("error") is not None:
+            raise broken(error_message(data))
+        usage = data.get("usage")
+        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            self.usage = Usage(int(usage.get("prompt_tokens") or 0), int(usage["completion_tokens"]))
+        for delta in _deltas(data, self._chat):
+            if not 0 <= delta.index < self._n or self._finished[delta.index]:
+                continue
+            if delta.text:
+                self._completion_tokens += 1
+                if self.usage.completion_tokens < self._completion_tokens and not isinstance(usage, dict):
+                    self.usage = Usage(self.usage.prompt_tokens, self._completion_tokens)  # until the upstream's own
+            if delta.finish_reason is not None:
+                self._finished[delta.index] = True
+            yield delta
+
+    def _close_choices(self) -> Iterator[Delta]:
+        """[DONE] came: a choice the upstream left without finish_reason ends as stop."""
+        for index, finished in enumerate(self._finished):
+            if not finished:
+                self._finished[index] = True
+                yield Delta(index, "", finish_reason=FinishReason.STOP)
+
+
+_IDLE = object()
+
+
+def parse_api_spec(name: str, spec: dict, where: str, settings: dict, version: str,
+                   fallback: tuple[str, ...]) -> ApiSpec:  # fmt: skip
+    """An ApiSpec from a serving-file entry with `device: api` (SettingsError naming the key)."""
+    known = {"device", "base_url", "upstream_model", "api_key_env", "timeout", "cooldown", "allowed_fails"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise SettingsError(f"{where}: unknown option models.{name}.{unknown[0]} for an API model "
+                            f"(known: {', '.join(sorted(known | {'fallback', 'version'}))} and sampler defaults)")
+    urls = spec.get("base_url")
+    urls = (urls,) if isinstance(urls, str) else urls
+    if not urls or not isinstance(urls, (list, tuple)) or not all(_is_http_url(u) for u in urls):
+        raise SettingsError(f"{where}: models.{name}.base_url must be an http(s) URL or a list of them")
+    upstream = spec.get("upstream_model", name)
+    env = spec.get("api_key_env") or ""
+    if not isinstance(upstream, str) or not upstream or not isinstance(env, str):
+        raise SettingsError(f"{where}: models.{name}.upstream_model and api_key_env must be strings")
+    if env and not os.environ.get(env):
+        raise SettingsError(f"{where}: models.{name}.api_key_env names {env}, which is not set in the environment")
+    numbers = {}
+    for key, default, low in (("timeout", 30.0, 0.1), ("cooldown", 5.0, 0.0), ("allowed_fails", 1, 1)):
+        value = spec.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+            raise SettingsError(f"{where}: models.{name}.{key} must be a number >= {low:g}")
+        numbers[key] = value
+    return ApiSpec(name, tuple(u.rstrip("/") for u in urls), upstream, env, float(numbers["timeout"]),
+                   float(numbers["cooldown"]), int(numbers["allowed_fails"]), version, fallback,
+                   MappingProxyType(dict(settings)))  # fmt: skip
+
+
+def _is_http_url(value: object) -> bool:
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
