@@ -267,3 +267,58 @@ def test_bad_api_entries_name_the_problem(models, fragment):
         parse_serving({"models": models})
     assert fragment in err.value.message
 
+
+
+@pytest.fixture(scope="module")
+def transformers_upstream(llama_dir):
+    """`transformers serve` (a real OpenAI-compatible server from transformers) on the tiny Llama."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from servers import start_transformers_serve
+
+    process, url = start_transformers_serve(llama_dir, threads=1)
+    yield url
+    process.stop()
+
+
+@pytest.mark.slow
+def test_transformers_serve_as_upstream_streams_valid_openai(models_root, llama_dir, transformers_upstream):
+    import openai_spec
+
+    pinned = str(llama_dir)  # transformers serve answers only for the model it was started with
+    models = {"hf": {"device": "api", "base_url": transformers_upstream, "upstream_model": pinned}}
+    server, runtime = front_server(models_root, models)
+    try:
+        body = {"messages": MESSAGES, "max_tokens": 6, "temperature": 0}
+        direct = requests.post(transformers_upstream + "/chat/completions", json={"model": pinned, **body},
+                               timeout=120).json()["choices"][0]["message"]["content"]  # fmt: skip
+        whole = chat(server, "hf", max_tokens=6)
+        assert whole.status_code == 200 and whole.json()["choices"][0]["message"]["content"] == direct
+        if openai_spec.available():
+            openai_spec.validate(whole.json(), "CreateChatCompletionResponse")
+        streamed = chat(server, "hf", stream=True, max_tokens=6, stream_options={"include_usage": True})
+        chunks = openai_spec.stream_chunks(streamed.text)
+        assert "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"]) == direct
+        assert chunks[-1]["usage"]["completion_tokens"] > 0
+        if openai_spec.available():
+            for chunk in chunks:
+                openai_spec.validate(chunk, "CreateChatCompletionStreamResponse")
+        completion = requests.post(server.url("/v1/completions"), json={"model": "hf", "prompt": "the cat",
+                                   "max_tokens": 4, "temperature": 0}, timeout=120)  # fmt: skip
+        assert completion.status_code == 200 and completion.json()["choices"][0]["text"]
+    finally:
+        server.stop()
+        runtime.close()
+
+
+def test_official_sdk_streams_through_an_api_model(front, upstreams):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=front.url("/v1"), api_key="anything")
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="flaky", messages=MESSAGES, stream=True) if c.choices]  # fmt: skip
+    assert "".join(pieces) == upstreams["main"].text
+    upstreams["main"].mode = "429"
+    reply = client.chat.completions.create(model="flaky", messages=MESSAGES)
+    assert reply.model == "backup" and reply.choices[0].message.content == upstreams["backup"].text
