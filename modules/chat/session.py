@@ -13,7 +13,7 @@ from typing import Callable, Iterator, TypeVar
 from modules.chat.conversation import Conversation
 from modules.chat.history import HistoryStore
 from modules.engine.base import ChatRequest, Generation, OutputOptions, PromptChoices, PromptPreview, SamplerValues
-from modules.errors import CharacterNotFound, ModelNotLoaded
+from modules.errors import CharacterNotFound, HearthError, ModelNotLoaded
 from modules.generation import SamplingParams
 from modules.handle import Handle
 from modules.prompts import Character
@@ -61,9 +61,7 @@ class ContextInfo:
 def chat_request(conversation: Conversation, options: ChatOptions, params: ReplyParams,
                  continue_: bool = False) -> ChatRequest:  # fmt: skip
     """The engine's request for the next reply: the tab's choices (blank ones left to the engine) and the preset."""
-    sampling = params.sampling
-    values = SamplerValues(**{name: getattr(sampling, name) for name in SAMPLER_NAMES},
-                           seed=-1 if sampling.seed is None else sampling.seed, logit_bias=dict(sampling.logit_bias))
+    values = reply_sampling(params)
     prompt = PromptChoices(
         mode=conversation.mode, character=conversation.character,
         instruction_template=options.instruction_template or None, name1=options.name1 or None,
@@ -74,20 +72,30 @@ def chat_request(conversation: Conversation, options: ChatOptions, params: Reply
     return ChatRequest(tuple(conversation.messages), prompt, values, output, shrink_reply=True)
 
 
+def reply_sampling(params: ReplyParams) -> SamplerValues:
+    """The Parameters tab's sampler values as the engine takes them."""
+    sampling = params.sampling
+    return SamplerValues(**{name: getattr(sampling, name) for name in SAMPLER_NAMES},
+                         seed=-1 if sampling.seed is None else sampling.seed, logit_bias=dict(sampling.logit_bias))
+
+
 def engine_for(runtime, options: ChatOptions):
     """The engine of the pool entry the chat tab picked (the default entry when none is)."""
     return runtime.pool.route(options.model or None).engine
 
 
 def entry_model(runtime, options: ChatOptions):
-    """Facts about the model of the entry the chat tab picked (ModelInfo), or None when it has none loaded."""
-    return engine_for(runtime, options).manager.info
+    """Facts about the local model of the entry the chat tab picked (ModelInfo); None when it has none loaded
+    (or answers through an upstream)."""
+    manager = getattr(engine_for(runtime, options), "manager", None)
+    return manager.info if manager is not None else None
 
 
 def measure(runtime, conversation: Conversation, options: ChatOptions, reserve: int = 0) -> ContextInfo:
     """The prompt the next reply would get, counted; ModelNotLoaded or ContextTooLong when it cannot be built."""
     engine = engine_for(runtime, options)
     request = chat_request(conversation, options, ReplyParams(max_new_tokens=max(reserve, 1)))
+    request = for_engine(engine, request, runtime.prompts)
     return _context_info(entry_label(engine), _ui_errors(lambda: engine.preview(request)))
 
 
@@ -95,15 +103,34 @@ def start_reply(runtime, conversation: Conversation, options: ChatOptions, param
                 continue_: bool = False) -> tuple[Generation, ContextInfo]:  # fmt: skip
     """Submit the next reply to the picked entry's engine; the generation and the context it fills."""
     engine = engine_for(runtime, options)
-    gen = _ui_errors(lambda: engine.chat(chat_request(conversation, options, params, continue_)))
+    request = for_engine(engine, chat_request(conversation, options, params, continue_), runtime.prompts)
+    gen = _ui_errors(lambda: engine.chat(request))
     return gen, _context_info(entry_label(engine), gen.preview)
+
+
+def for_engine(engine, request: ChatRequest, prompts) -> ChatRequest:
+    """The request as an engine that renders no templates (an API model) takes it: the character's context as a
+    system message, the conversation as messages; other engines get it unchanged."""
+    try:
+        if engine.capabilities.templates:
+            return request
+    except HearthError:
+        return request  # the engine reports its own state (nothing loaded) when asked to answer
+    messages = list(request.messages)
+    choices = request.prompt
+    if choices.mode != "instruct" and choices.character:
+        context = character_card(prompts, choices.character, choices.name1 or "").context.strip()
+        if context:
+            messages.insert(0, {"role": "system", "content": context})
+    return dataclasses.replace(request, messages=tuple(messages), prompt=PromptChoices(), shrink_reply=False)
 
 
 def entry_label(engine) -> str:
     """The entry's name, with its model's when they differ ("second (tiny-gpt2)")."""
-    info = engine.manager.info
+    manager = getattr(engine, "manager", None)
+    info = manager.info if manager is not None else None
     model = info.name if info is not None else ""
-    return engine.name if engine.name in (model, None) else f"{engine.name} ({model})"
+    return engine.name if engine.name in (model, None) or not model else f"{engine.name} ({model})"
 
 
 def character_card(prompts, name: str, name1: str = "") -> Character:
@@ -131,7 +158,7 @@ def detected_template(runtime, model: str | None = None) -> tuple[str, str] | No
     """(template name, source) an entry's instruct prompts use (the default entry's), or None with no model."""
     engine = runtime.pool.route(model).engine
     try:
-        return engine.detected_template()
+        return engine.detected_template() if engine.capabilities.templates else None
     except ModelNotLoaded:
         return None
 

@@ -27,6 +27,7 @@ class EngineKind:
     matches: Callable[[dict], bool]  # the entry's raw settings are of this kind
     parse: Callable[[str, dict, str, str, tuple[str, ...]], Any]  # (name, settings, where, version, fallback) -> spec
     build: Callable[[Any, BuildContext], Engine]
+    label: str  # what the UI calls an entry of this kind
 
 
 def _parse_api(name: str, spec: dict, where: str, version: str, fallback: tuple[str, ...]):
@@ -66,9 +67,9 @@ def _parse_local(name: str, spec: dict, where: str, version: str, fallback: tupl
 
 
 KINDS: dict[str, EngineKind] = {
-    "api": EngineKind(lambda s: s.get("device") == "api", _parse_api, _build_api),
-    "split": EngineKind(lambda s: "split" in s, _parse_split, _build_split),
-    "local": EngineKind(lambda s: True, _parse_local, lambda spec, context: context.make_local(spec.name)),
+    "api": EngineKind(lambda s: s.get("device") == "api", _parse_api, _build_api, "API model"),
+    "split": EngineKind(lambda s: "split" in s, _parse_split, _build_split, "A/B split"),
+    "local": EngineKind(lambda s: True, _parse_local, lambda spec, context: context.make_local(spec.name), "model"),
 }
 
 
@@ -79,6 +80,11 @@ def parse_entry(name: str, spec: dict, where: str, version: str, fallback: tuple
         raise SettingsError(f"{where}: models.{name}.device must be 'api' (an API model) or absent (a local model)")
     kind = next(k for k in KINDS.values() if k.matches(spec))
     return kind.parse(name, spec, where, version, fallback)
+
+
+def kind_label(spec) -> str:
+    """What the UI calls the entry `spec` describes."""
+    return KINDS[spec.kind].label
 
 
 def build_engine(spec, context: BuildContext) -> Engine:

@@ -21,12 +21,15 @@ from modules.engine.base import (
 from modules.engine.upstream import END, Call, Failure, Members, broken, error_message, start_call
 from modules.errors import InvalidParameter, SettingsError, UpstreamFailed
 from modules.generation import Choice, Completion, Delta, FinishReason, Usage
+from modules.samplers import DEFAULTS
 
 CAPABILITIES = Capabilities(templates=False, token_ids=False, logprobs=False, prompt_logprobs=False, logits=False,
                             max_batch=1024, embeddings=True)  # fmt: skip
 FINISH = {"length": FinishReason.LENGTH}  # everything else upstream ("stop", "eos", "content_filter") ends as stop
-UNSUPPORTED_PROMPT = ("instruction_template", "instruction_template_str", "chat_template_str", "context", "greeting",
-                      "chat_instruct_command", "name2")  # fmt: skip
+UNSUPPORTED_PROMPT = ("instruction_template", "instruction_template_str", "chat_template_str", "character", "name1",
+                      "name2", "context", "greeting", "user_bio", "chat_instruct_command")  # fmt: skip
+OPENAI_SAMPLERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+EXTRA_SAMPLERS = ("top_k", "min_p", "typical_p", "repetition_penalty")  # vLLM's names; sent only when not neutral
 
 
 @dataclass(frozen=True)
@@ -169,10 +172,9 @@ class RemoteEngine(Engine):
                                 "stream_options": {"include_usage": True}}  # fmt: skip
         for key, default in self.spec.settings.items():
             body[key] = default
-        for key in ("temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty", "presence_penalty",
-                    "frequency_penalty"):  # fmt: skip
+        for key in OPENAI_SAMPLERS + EXTRA_SAMPLERS:
             value = getattr(sampling, key)
-            if value is not None:
+            if value is not None and (key in OPENAI_SAMPLERS or value != DEFAULTS[key]):  # top_k 0 is top_k off
                 body[key] = value
         if sampling.seed is not None and sampling.seed != -1:
             body["seed"] = sampling.seed
@@ -225,6 +227,9 @@ def _check_prompt_choices(request: ChatRequest) -> None:
         if getattr(request.prompt, key) is not None:
             raise InvalidParameter(f"{key} is not supported by an API model (its upstream renders the prompt)",
                                    param=key)  # fmt: skip
+    if request.prompt.mode not in (None, "instruct"):
+        raise InvalidParameter(f"mode {request.prompt.mode!r} is not supported by an API model (its upstream renders "
+                               "the prompt; send the character's context as a system message)", param="mode")
     if request.prompt.continue_:
         raise InvalidParameter("continue_ is not supported by an API model", param="continue_")
 

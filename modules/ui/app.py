@@ -12,8 +12,9 @@ from typing import Callable
 import gradio as gr
 
 from modules.chat import history_store
+from modules.chat.arena import splits
 from modules.errors import SettingsError
-from modules.ui import chat_tab, model_tab, params_tab
+from modules.ui import arena_tab, chat_tab, model_tab, params_tab
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def theme() -> gr.themes.Theme:
 
 
 def build_ui(runtime) -> gr.Blocks:
-    """The Blocks app: Chat, Parameters and Model tabs over one runtime."""
+    """The Blocks app: Chat, Parameters and Model tabs over one runtime (and Compare, when there is a split)."""
     store = history_store(runtime.settings)
     with gr.Blocks(title="Hearth", analytics_enabled=False) as demo:
         session = gr.State(lambda: chat_tab.new_session(runtime, store), delete_callback=_stop_session)
@@ -39,8 +40,14 @@ def build_ui(runtime) -> gr.Blocks:
             params = params_tab.build(runtime)
         with gr.Tab("Model", id="model"):
             model = model_tab.build(runtime)
+        arena = None
+        if splits(runtime):
+            with gr.Tab("Compare", id="compare"):
+                arena = arena_tab.build(runtime)
         chat_tab.wire(runtime, store, session, chat, params)
         params_tab.wire(runtime, params)
+        if arena is not None:
+            arena_tab.wire(runtime, arena, params)
         loaded = model_tab.wire(runtime, model)
         fn, inputs, outputs = chat.hooks["context"]
         defaults_fn, defaults_out = params_tab.model_defaults_hook(runtime, params)

@@ -235,6 +235,8 @@ class _View:
 def _context_line(info) -> str:
     if info is None:
         return ""
+    if not info.context_length:  # an API model: its upstream renders and counts the prompt
+        return f"Answered by **{info.model}** through its upstream API (it renders and counts the prompt)"
     line = (f"Context: **{info.prompt_tokens} / {info.context_length}** tokens in context · {info.model} · "
             f"template {info.template} ({info.template_source})")  # fmt: skip
     dropped = info.dropped_messages

@@ -147,12 +147,21 @@ def model_status(runtime) -> str:
     )
 
 
+def _serves(entry) -> str:
+    """What an entry serves: its local model, or its kind (an API model, a split)."""
+    if entry.manager is None:
+        from modules.engine.kinds import kind_label
+
+        return kind_label(entry.spec)
+    return entry.model_name or "nothing loaded"
+
+
 def _pool_lines(runtime) -> str:
     """The pool's entries and what each serves, when there is more than the one default entry."""
     entries = runtime.pool.entries()
     if len(entries) < 2 and entries[0].fixed_name is None:
         return ""
-    lines = [f"- **{e.name or '(default)'}**: {e.model_name or 'nothing loaded'}"
+    lines = [f"- **{e.name or '(default)'}**: {_serves(e)}"
              + (" · default" if i == 0 else "") + (f" · version {e.version}" if e.version else "")
              for i, e in enumerate(entries)]  # fmt: skip
     return "\n\nPool entries:\n" + "\n".join(lines)

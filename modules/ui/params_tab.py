@@ -105,7 +105,7 @@ def model_defaults_hook(runtime, tab: ParamsTab):
         info = runtime.models.info
         if info is None:
             return [getattr(gen, key) for key in tab.sliders] + [gr.skip()]
-        resolved, own = runtime.pool.default.engine.sampler_defaults()
+        resolved, own = runtime.pool.local.engine.sampler_defaults()
         said = ", ".join(f"{key} {value:g}" for key, value in own.items())
         source = "generation_config" + (" and its pool entry's settings" if runtime.models.prompt_settings else "")
         note = f"Sampler values from {info.name}'s {source}: {said}." if own else gr.skip()
