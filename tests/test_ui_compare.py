@@ -69,6 +69,6 @@ def test_compare_tab_hides_names_until_the_vote_and_records_it(pool_hearth, page
     page.click("#arena-export")
     link = page.locator("#arena-file a[href$='preferences-trl.jsonl']")
     expect(link).to_have_count(1, timeout=30_000)
-    pairs = [json.loads(line) for line in requests.get(link.get_attribute("href"), timeout=10).text.splitlines()]
+    pairs = [json.loads(line) for line in requests.get(link.get_attribute("href"), timeout=10).content.decode().splitlines()]
     assert {"prompt": record["messages"], "chosen": [{"role": "assistant", "content": record["response_a"]}],
             "rejected": [{"role": "assistant", "content": record["response_b"]}]} in pairs
