@@ -106,8 +106,22 @@ def _check_character(runtime) -> None:
 def _serving(settings):
     """The serving file's entries (--serve), or None for a pool of one (--model)."""
     from modules.errors import SettingsError
-    from modules.serving import load_serving
+    from modules.serving import ENTRY_NAME, load_serving
 
+    model = settings.model
+    if model.device == "api":  # Takeoff's one-model shorthand: --model NAME --device api --api-base URL
+        from modules.serving import parse_serving
+
+        if model.serve or not model.model or not model.api_base:
+            raise SettingsError("--device api needs --model (the upstream's model name) and --api-base URL, "
+                                "and excludes --serve")  # fmt: skip
+        entry = {"device": "api", "base_url": model.api_base, "upstream_model": model.model}
+        if model.api_key_env:
+            entry["api_key_env"] = model.api_key_env
+        name = model.model if ENTRY_NAME.match(model.model) else "api"
+        return parse_serving({"models": {name: entry}}, "--device api")
+    if model.device != "local":
+        raise SettingsError(f"device {model.device!r} is not one of: local, api")
     if not settings.model.serve:
         return None
     if settings.model.model:

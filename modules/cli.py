@@ -17,6 +17,9 @@ OVERRIDES = {
     "load_on_demand": "model.load_on_demand",
     "serve": "model.serve",
     "max_loaded": "model.max_loaded",
+    "device": "model.device",
+    "api_base": "model.api_base",
+    "api_key_env": "model.api_key_env",
     "api": "server.api",
     "api_port": "server.api_port",
     "api_key": "server.api_key",
@@ -100,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--load-on-demand", action="store_true", help="load a model when a request names it")
     m.add_argument("--serve", metavar="FILE", help="serving file (YAML): several named models at once, by `model`")
     m.add_argument("--max-loaded", type=positive_int, help="models on-demand loading keeps loaded (LRU idle unloads)")
+    m.add_argument("--device", choices=["local", "api"],
+                   help="api: --model names a model of the OpenAI-compatible server at --api-base (Takeoff's word)")
+    m.add_argument("--api-base", metavar="URL", help="with --device api: the upstream's base URL (…/v1)")
+    m.add_argument("--api-key-env", metavar="VAR", help="with --device api: the env var holding the upstream's token")
     s = p.add_argument_group("server")
     s.add_argument("--listen", action="store_true", help="listen on the local network, not only loopback")
     s.add_argument("--listen-host", help="interface for the UI and API (default 127.0.0.1; 0.0.0.0 with --listen)")

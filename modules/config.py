@@ -70,6 +70,9 @@ class ModelSettings:
     load_on_demand: bool = False
     serve: str = ""  # a serving file (YAML): several named models at once; see modules/serving.py
     max_loaded: int = 0  # models on-demand loading keeps loaded; 0 -> the serving file's count, else 1
+    device: str = "local"  # "api": `model` is served by the OpenAI-compatible server at api_base (one API entry)
+    api_base: str = ""
+    api_key_env: str = ""  # the env var holding the upstream's token (never the token itself)
     swap_timeout: float = 60.0  # seconds a model swap waits for running requests before cancelling them
 
     def loader_options(self) -> dict[str, Any]:

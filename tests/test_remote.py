@@ -322,3 +322,27 @@ def test_official_sdk_streams_through_an_api_model(front, upstreams):
     upstreams["main"].mode = "429"
     reply = client.chat.completions.create(model="flaky", messages=MESSAGES)
     assert reply.model == "backup" and reply.choices[0].message.content == upstreams["backup"].text
+
+
+def test_device_api_shorthand_on_the_command_line(models_root, hearth_upstream):
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from servers import Process, free_port
+
+    argv = [sys.executable, "-u", str(ROOT / "server.py"), "--model-dir", str(models_root), "--nowebui", "--api",
+            "--api-port", str(free_port()), "--device", "api", "--api-base", hearth_upstream.base_url + "/v1",
+            "--model", "tiny-llama"]  # fmt: skip
+    process = Process(argv)
+    try:
+        url = process.wait_for(r"OpenAI-compatible API URL: (\S+)", timeout=120).group(1)
+        via = requests.post(url + "/chat/completions", json={"messages": MESSAGES, "max_tokens": 5, "temperature": 0},
+                            timeout=60)  # fmt: skip
+        direct = chat(hearth_upstream, "tiny-llama", max_tokens=5)
+        assert via.headers["X-Hearth-Model"] == "tiny-llama"
+        assert via.json()["choices"][0]["message"]["content"] == direct.json()["choices"][0]["message"]["content"]
+    finally:
+        process.stop()
+    bad = subprocess.run(argv[:-2] + ["--api-base", "http://x/v1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--device api needs --model" in bad.stderr and "Traceback" not in bad.stderr
