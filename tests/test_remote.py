@@ -346,3 +346,17 @@ def test_device_api_shorthand_on_the_command_line(models_root, hearth_upstream):
         process.stop()
     bad = subprocess.run(argv[:-2] + ["--api-base", "http://x/v1"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--device api needs --model" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_websocket_route_streams_an_api_model(front, upstreams):
+    from simple_websocket import Client
+
+    ws = Client.connect(front.base_url.replace("http://", "ws://") + "/v1/ws/chat/completions")
+    try:
+        ws.send(json.dumps({"model": "flaky", "messages": MESSAGES}))
+        chunks = []
+        while (message := ws.receive(timeout=30)) != "[DONE]":
+            chunks.append(json.loads(message))
+    finally:
+        ws.close()
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == upstreams["main"].text
