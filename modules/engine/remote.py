@@ -301,23 +301,44 @@ class RemoteStream:
         return False
 
     def events(self, idle: float | None = None) -> Iterator[Delta | None]:
-        """Text deltas; UpstreamBroken if the upstream fails or stops before every choice has finished."""
+        """Text deltas (what queued up meanwhile merged into one per choice, as under load every chunk costs the
+        server CPU); UpstreamBroken if the upstream fails or stops before every choice has finished."""
         try:
             done = False
             while not done:
-                item = self._held.pop(0) if self._held else self._next(idle)
-                if item is _IDLE:
+                first = self._held.pop(0) if self._held else self._next(idle)
+                if first is _IDLE:
                     yield None
                     continue
-                done = item is END or item is None
-                if done:
-                    if item is None and not all(self._finished):
-                        raise broken("the connection ended before the answer was complete")
-                    yield from self._close_choices()
-                    continue
-                yield from self._chunk(item.data)
+                deltas: list[Delta] = []
+                try:
+                    for item in [first, *self._queued()]:
+                        if item is END or item is None:
+                            if item is None and not all(self._finished):
+                                raise broken("the connection ended before the answer was complete")
+                            deltas.extend(self._close_choices())
+                            done = True
+                            break
+                        deltas.extend(self._chunk(item.data))
+                finally:
+                    yield from _merged(deltas)  # what came before a failure still reaches the client
         finally:
             self.cancel()
+
+    def _queued(self) -> list:
+        """Items already waiting behind the current one (none while held chunks remain)."""
+        items = []
+        while not self._held:
+            try:
+                item = self._call.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Exception):
+                raise broken(item.message if hasattr(item, "message") else str(item))
+            items.append(item)
+            if item is END or item is None:
+                break
+        return items
 
     def result(self) -> Completion:
         """Every choice once finished, with usage."""
@@ -380,6 +401,18 @@ class RemoteStream:
 
 
 _IDLE = object()
+
+
+def _merged(deltas: list[Delta]) -> list[Delta]:
+    """Consecutive deltas of one choice joined (a finish ends a run)."""
+    merged: list[Delta] = []
+    for delta in deltas:
+        last = merged[-1] if merged else None
+        if last is not None and last.index == delta.index and last.finish_reason is None:
+            merged[-1] = Delta(delta.index, last.text + delta.text, finish_reason=delta.finish_reason)
+        else:
+            merged.append(delta)
+    return merged
 
 
 def parse_api_spec(name: str, spec: dict, where: str, settings: dict, version: str,
