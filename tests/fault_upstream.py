@@ -2,7 +2,8 @@
 
 `FaultUpstream().mode` picks the behaviour of the next calls: "ok" (streams `answer from NAME`), "429", "500",
 "400", "hang" (never answers), "role-then-hang" (200, a role-only chunk, then nothing), "error-event" (200, a
-role chunk, then an error event inside the stream), "drop-after-2" (two content chunks, then the connection drops).
+role chunk, then an error event inside the stream), "drop-after-2" (two content chunks, then the connection drops), "sloppy" (an answer with small deviations: no
+role chunk, no usage, an unknown finish_reason, no [DONE]).
 It records each call's headers and body so tests can check what an upstream saw.
 """
 from __future__ import annotations
@@ -72,6 +73,11 @@ class FaultUpstream:
         if mode == "error-event":
             return _event(h, {"error": {"message": "Overloaded", "type": "overloaded_error"}})
         words = self.text.split(" ")
+        if mode == "sloppy":
+            for i, word in enumerate(words):
+                _event(h, {"choices": [{"index": 0, "delta": {"content": (" " if i else "") + word}}]} if chat else
+                       {"choices": [{"index": 0, "text": (" " if i else "") + word}]})
+            return _event(h, {"choices": [{"index": 0, "delta": {}, "finish_reason": "eos"}]})
         for i, word in enumerate(words):
             if mode == "drop-after-2" and i == 2:
                 h.wfile.flush()

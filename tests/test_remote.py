@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 import requests
@@ -360,3 +361,39 @@ def test_websocket_route_streams_an_api_model(front, upstreams):
     finally:
         ws.close()
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == upstreams["main"].text
+
+
+def test_upstream_deviations_still_give_valid_openai(front, upstreams):
+    import openai_spec
+
+    upstreams["peer"].mode = "sloppy"
+    whole = chat(front, "alone")
+    assert whole.status_code == 200 and whole.json()["choices"][0]["message"]["content"] == upstreams["peer"].text
+    assert whole.json()["choices"][0]["finish_reason"] == "stop"
+    streamed = chat(front, "alone", stream=True, stream_options={"include_usage": True})
+    chunks = openai_spec.stream_chunks(streamed.text)  # ends with exactly one [DONE] though the upstream sent none
+    assert streamed_text(chunks) == upstreams["peer"].text
+    if openai_spec.available():
+        openai_spec.validate(whole.json(), "CreateChatCompletionResponse")
+        for chunk in chunks:
+            openai_spec.validate(chunk, "CreateChatCompletionStreamResponse")
+
+
+def test_a_cooled_member_is_tried_again_after_its_cool_down(models_root, upstreams):
+    models = {"pair": {"device": "api", "base_url": [upstreams["main"].base_url, upstreams["backup"].base_url],
+                       "cooldown": 1}}  # fmt: skip
+    server, runtime = front_server(models_root, models)
+    try:
+        upstreams["main"].mode = "500"
+        answers = [chat(server, "pair") for _ in range(4)]
+        assert all(r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "answer from backup"
+                   for r in answers)  # fmt: skip
+        calls = len(upstreams["main"].calls)
+        assert calls == 1  # failed once, then skipped while cooling down
+        upstreams["main"].mode = "ok"
+        time.sleep(1.2)
+        texts = {chat(server, "pair").json()["choices"][0]["message"]["content"] for _ in range(4)}
+        assert "answer from main" in texts
+    finally:
+        server.stop()
+        runtime.close()
