@@ -63,6 +63,10 @@ def _start(settings):
     from modules.runtime import DEMO_MODEL, build_runtime
 
     serving = _serving(settings)
+    if serving is not None:  # upstream tokens never reach a log line
+        from modules.logging_setup import redact
+
+        redact([spec.token() for spec in serving.entries if getattr(spec, "api_key_env", "")])
     runtime = build_runtime(settings, serving)
     stops = []
     try:

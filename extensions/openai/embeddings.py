@@ -11,6 +11,7 @@ from extensions.openai.errors import APIError
 from extensions.openai.params import check_unknown
 from extensions.openai.schemas import EmbeddingsRequest, ModerationRequest
 from extensions.openai.state import parse, state
+from modules.errors import HearthError
 
 bp = Blueprint("embeddings", __name__)
 
@@ -43,7 +44,10 @@ def embeddings():
 def _embedding_engine(st, model: str | None):
     """The engine of the pool entry `model` names when it computes embeddings itself (an API model), else None."""
     entry = st.runtime.pool.find(model) if model else None
-    if entry is None or not entry.engine.capabilities.embeddings:
+    try:
+        if entry is None or not entry.engine.capabilities.embeddings:
+            return None
+    except HearthError:  # a local entry with nothing loaded: the embedding models answer, as before
         return None
     return entry.engine
 

@@ -19,7 +19,7 @@ from modules.engine.base import (
     Capabilities, ChatRequest, CompletionRequest, Engine, Generation, PromptPreview, SamplerValues, TokenProb,
 )
 from modules.engine.upstream import END, Call, Failure, Members, broken, error_message, start_call
-from modules.errors import InvalidParameter, SettingsError, UpstreamFailed
+from modules.errors import InvalidParameter, SettingsError, UpstreamFailed, UpstreamRejected
 from modules.generation import Choice, Completion, Delta, FinishReason, Usage
 from modules.samplers import DEFAULTS
 
@@ -159,6 +159,11 @@ class RemoteEngine(Engine):
         return Generation(model=self.name, handles=streams, token_bytes=lambda _id: b"",
                           fingerprint=("api", self.spec.upstream_model), preview=preview)  # fmt: skip
 
+    def _scrub(self, message: str) -> str:
+        """`message` without the upstream's token, should an upstream ever echo it back."""
+        token = os.environ.get(self.spec.api_key_env, "") if self.spec.api_key_env else ""
+        return message.replace(token, "[token]") if token else message
+
     def _headers(self) -> dict[str, str]:
         token = self.spec.token()  # the client's own Authorization is never copied: only this one is sent
         headers = {"Accept": "text/event-stream"}
@@ -208,15 +213,22 @@ class RemoteEngine(Engine):
             except Failure as failure:
                 call.cancel()
                 self.members.end(member)
+                failure.message = self._scrub(failure.message)
                 self.members.failed(member, failure)
                 last = failure
                 continue
+            except UpstreamRejected as rejected:
+                call.cancel()
+                self.members.end(member)
+                rejected.message = self._scrub(rejected.message)
+                raise
             except BaseException:
                 call.cancel()
                 self.members.end(member)
                 raise
             self.members.succeeded(member)
-            return RemoteStream(call, n, chat, held, lambda m=member: self.members.end(m), self.spec.timeout)
+            return RemoteStream(call, n, chat, held, lambda m=member: self.members.end(m), self.spec.timeout,
+                                self._scrub)  # fmt: skip
         raise UpstreamFailed(f"the API model {self.name!r} failed: {last.message if last else 'no upstream'}",
                              rate_limited=bool(last and last.status == 429))  # fmt: skip
 
@@ -278,8 +290,10 @@ def _deltas(data: dict, chat: bool) -> list[Delta]:
 class RemoteStream:
     """One upstream answer as Hearth's Stream: held chunks first, then the rest as the reader thread gets them."""
 
-    def __init__(self, call: Call, n: int, chat: bool, held: list, on_end, timeout: float):
+    def __init__(self, call: Call, n: int, chat: bool, held: list, on_end, timeout: float, scrub=lambda m: m):
         self._call = call
+        self._scrub = scrub
+        self._last = time.monotonic()  # when the upstream last sent something
         self._n = n
         self._chat = chat
         self._held = list(held)
@@ -334,7 +348,7 @@ class RemoteStream:
             except queue.Empty:
                 break
             if isinstance(item, Exception):
-                raise broken(item.message if hasattr(item, "message") else str(item))
+                raise broken(self._scrub(item.message if hasattr(item, "message") else str(item)))
             items.append(item)
             if item is END or item is None:
                 break
@@ -360,24 +374,21 @@ class RemoteStream:
             self._on_end()
 
     def _next(self, idle: float | None):
-        wait = self._timeout if idle is None else min(idle, self._timeout)
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                item = self._call.inbox.get(timeout=wait)
-                break
-            except queue.Empty:
-                if idle is not None and time.monotonic() < deadline:
-                    return _IDLE
-                raise broken(f"no data from the upstream for {self._timeout:g} s") from None
+        left = self._last + self._timeout - time.monotonic()
+        try:
+            item = self._call.inbox.get(timeout=max(0.0, left if idle is None else min(idle, left)))
+        except queue.Empty:
+            if time.monotonic() < self._last + self._timeout:
+                return _IDLE
+            raise broken(f"no data from the upstream for {self._timeout:g} s") from None
+        self._last = time.monotonic()
         if isinstance(item, Exception):
-            message = item.message if hasattr(item, "message") else str(item)
-            raise broken(message)
+            raise broken(self._scrub(item.message if hasattr(item, "message") else str(item)))
         return item
 
     def _chunk(self, data: dict) -> Iterator[Delta]:
         if data.get("error") is not None:
-            raise broken(error_message(data))
+            raise broken(self._scrub(error_message(data)))
         usage = data.get("usage")
         if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
             self.usage = Usage(int(usage.get("prompt_tokens") or 0), int(usage["completion_tokens"]))
