@@ -322,6 +322,11 @@ def test_switch_character_shows_greeting_then_regenerate(hearth, page, user_data
     assert len(user_texts(page)) == 1 and len(bot_texts(page)) == 2
     saved = saved_chats(user_data, "chat", "Example")[-1]["messages"]
     assert len(saved) == 3 and saved[-1]["content"] != first
+    set_mode(page, "instruct")  # no character takes part in instruct mode: the card says so, no picture
+    assert "Instruct mode" in page.inner_text("#character-card") and "Ember" not in page.inner_text("#character-card")
+    assert not page.locator("#character-picture img").is_visible()
+    set_mode(page, "chat")
+    assert "Ember" in page.inner_text("#character-card")
 
 
 @pytest.mark.browser

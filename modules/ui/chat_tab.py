@@ -60,6 +60,10 @@ class ChatTab:
                            data[self.command] or "", data[self.model] or "")  # fmt: skip
 
 
+INSTRUCT_CARD = ("### Instruct mode\n\nThe model answers as itself, in its instruction template's format; "
+                 "the character takes part in the chat modes only.")
+
+
 def model_choices(runtime) -> list[tuple[str, str]]:
     """The chat tab's model picker: the default entry, then every named pool entry."""
     return [("Default", ""), *((name, name) for name in runtime.pool.names())]
@@ -211,6 +215,8 @@ class _View:
             gr.Warning(exc.message)
             conversation = None
         session.open(conversation or new_conversation(self.runtime.prompts, mode, name, name1))
+        if mode == "instruct":  # no character takes part: the card says so rather than show one that is not used
+            return *self.refresh(session, data), gr.update(value=None, visible=False), INSTRUCT_CARD, name1
         picture = gr.update(value=str(card.picture) if card.picture else None, visible=card.picture is not None)
         text = f"### {card.name}\n\n{card.greeting}" if card.greeting else f"### {card.name}"
         return *self.refresh(session, data), picture, text, name1
