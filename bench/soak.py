@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--shape", default="60m", choices=["60m", "tiny"])
+    p.add_argument("--prefix-cache-mb", type=int, default=1024,
+                   help="the server's prefix cache budget (default 1024); smaller fills sooner, so growth after it "
+                        "shows leaks rather than the cache filling")
     p.add_argument("--out", default=str(HERE / "results"))
     return p.parse_args(argv)
 
@@ -125,7 +128,7 @@ def report(log: list, started: float, rss: list, args) -> tuple[str, dict]:
     growth = (settled[-1] - settled[0]) / settled[0] if settled and settled[0] else 0.0
     lines = [f"# Soak ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"{args.clients} clients for {args.minutes:g} minutes against `server.py` (random `{args.shape}` Llama, "
-             f"fp32, max batch 16); each request one of {', '.join(KINDS)} at random, 8-64 new tokens.", "",
+             f"fp32, max batch 16, prefix cache {args.prefix_cache_mb} MB); each request one of {', '.join(KINDS)} at random, 8-64 new tokens.", "",
              f"Requests: {len(log)}; errors: {len(errors)}; server RSS {rss[0][1]:.0f} MB after warm-up, "
              f"{rss[-1][1]:.0f} MB at the end; {growth:+.1%} once the prefix cache had filled (from "
              f"{settled[0]:.0f} MB).", "",
@@ -144,7 +147,8 @@ def main(argv=None) -> int:
     """Run the soak and write the report; exit 1 if any request failed."""
     args = parse_args(argv)
     model = build(HERE / ".cache" / f"random-{args.shape}-float32", args.shape, "float32", "cpu")
-    process, base = start_hearth(model.parent, model.name, max_batch=16, threads=2, dtype="float32")
+    process, base = start_hearth(model.parent, model.name, max_batch=16, threads=2, dtype="float32",
+                                 prefix_cache_mb=args.prefix_cache_mb)  # fmt: skip
     try:
         warm: list = []
         client(base, -1, time.monotonic() + 20, warm, threading.Lock())  # warm-up, not counted
