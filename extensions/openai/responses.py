@@ -24,7 +24,8 @@ class ResponseMeta:
     system_fingerprint: str = ""
 
     @classmethod
-    def new(cls, prefix: str, model: str, fingerprint_parts: Sequence[str] = (), id: str | None = None) -> "ResponseMeta":
+    def new(cls, prefix: str, model: str, fingerprint_parts: Sequence[str] = (),
+            id: str | None = None) -> "ResponseMeta":  # fmt: skip
         """A fresh id for `model` (or the engine's `id`); the fingerprint changes when the model or its settings do."""
         digest = hashlib.sha256("|".join([HEARTH_VERSION, model, *fingerprint_parts]).encode()).hexdigest()[:10]
         return cls(id=id or f"{prefix}-{uuid.uuid4().hex}", model=model, system_fingerprint=f"fp_{digest}")

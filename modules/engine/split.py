@@ -93,7 +93,9 @@ class SplitEngine(Engine):
     def _logged(self, gen: Generation, arm: str, prefix: str, requests: list[dict]) -> Generation:
         gen.id = f"{prefix}-{uuid.uuid4().hex}"
         if self._log is not None and gen.handles:
-            record = lambda request, text: self._log.record_response(gen.id, self.name, arm, gen.model, request, text)  # noqa: E731
+            def record(request: dict, text: str) -> None:
+                self._log.record_response(gen.id, self.name, arm, gen.model, request, text)
+
             gen.handles = [LoggedStream(h, lambda text, r=r: record(r, text)) for h, r in zip(gen.handles, requests)]
         return gen
 
