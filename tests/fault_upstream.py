@@ -2,8 +2,8 @@
 
 `FaultUpstream().mode` picks the behaviour of the next calls: "ok" (streams `answer from NAME`), "429", "500",
 "400", "hang" (never answers), "role-then-hang" (200, a role-only chunk, then nothing), "error-event" (200, a
-role chunk, then an error event inside the stream), "drop-after-2" (two content chunks, then the connection drops), "sloppy" (an answer with small deviations: no
-role chunk, no usage, an unknown finish_reason, no [DONE]).
+role chunk, then an error event inside the stream), "drop-after-2" (two content chunks, then the connection
+drops), "sloppy" (an answer with small deviations: no role chunk, no usage, an unknown finish_reason, no [DONE]).
 It records each call's headers and body so tests can check what an upstream saw.
 """
 from __future__ import annotations
