@@ -20,6 +20,7 @@ install_target() {  # install_target DIR PACKAGE: a pip --target sandbox, made a
 mkdir -p .clients
 install_target openai-legacy "openai==0.28.1"
 install_target shell-gpt "shell-gpt==1.5.1"
+install_target takeoff "takeoff-client==0.7.0"  # pins httpx==0.27.0: kept out of the venv
 if command -v npm >/dev/null && [ ! -d .clients/node/node_modules/openai ]; then
   rm -rf .clients/node.partial && mkdir -p .clients/node.partial
   (cd .clients/node.partial && npm init -y >/dev/null && npm install --silent --no-audit --no-fund openai@5 >/dev/null)

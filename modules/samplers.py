@@ -44,6 +44,7 @@ SAMPLERS = (
     Sampler("repetition_penalty", float, 1.0, 0.0, 100.0, (1.0, 1.5, 0.01), low_open=True),
     Sampler("presence_penalty", float, 0.0, -2.0, 2.0, (-2.0, 2.0, 0.05)),
     Sampler("frequency_penalty", float, 0.0, -2.0, 2.0, (-2.0, 2.0, 0.05)),
+    Sampler("no_repeat_ngram_size", int, 0, 0, None, (0, 20, 1), help="0 = off; n: no n-gram of prompt+output twice"),
 )
 SAMPLER_NAMES = tuple(s.name for s in SAMPLERS)
 BY_NAME = {s.name: s for s in SAMPLERS}

@@ -43,14 +43,15 @@ def test_openapi_document_and_docs_page(api):
 
 
 def test_openapi_describes_every_v1_route_of_the_app(api, api_runtime):
-    """The document is read from the app's routes: every /v1 HTTP route is in it, nothing else is."""
+    """The document is read from the app's routes: every /v1 HTTP route and Takeoff's are in it, nothing else is."""
     import re
 
     from extensions.openai.app import create_app
 
     app = create_app(api_runtime)
     routes = {(re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
-              for rule in app.url_map.iter_rules() if rule.rule.startswith("/v1/") and "/ws/" not in rule.rule
+              for rule in app.url_map.iter_rules()
+              if (rule.rule.startswith("/v1/") or rule.endpoint.startswith("takeoff.")) and "/ws/" not in rule.rule
               for method in rule.methods - {"HEAD", "OPTIONS"}}  # fmt: skip
     doc = requests.get(api.url("/openapi.json"), timeout=10).json()
     assert {(path, method) for path, ops in doc["paths"].items() for method in ops} == routes

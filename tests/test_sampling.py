@@ -85,3 +85,17 @@ def test_settings_at_the_float_limits_pick_the_likeliest_token_instead_of_failin
     params = SamplingParams(temperature=1.0, repetition_penalty=5e-324)
     penalized = apply_penalties(logits, params, torch.tensor([3]), torch.tensor([], dtype=torch.long))
     assert sample(penalized, params, generator) == 3  # the penalty "rewards" token 3 without bound
+
+
+def test_no_repeat_ngram_size_bans_what_transformers_bans():
+    """HF's NoRepeatNGramLogitsProcessor on random contexts (with repeats: a vocabulary of 6) and sizes 1-4."""
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    g = gen(0)
+    for _ in range(200):
+        context = torch.randint(0, 6, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g)
+        n = int(torch.randint(1, 5, (1,), generator=g))
+        logits = torch.randn(6, generator=g)
+        expected = NoRepeatNGramLogitsProcessor(n)(context[None], logits[None].clone())[0]
+        got = apply_penalties(logits, SamplingParams(no_repeat_ngram_size=n), context, context[:0])
+        assert torch.equal(got, expected), (context.tolist(), n)

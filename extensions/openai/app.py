@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import WebsocketMismatch
 
 from extensions.openai import (
-    chat, completions, docs, embeddings, feedback, internal, model_admin, models, security, tokens, websocket,
+    chat, completions, docs, embeddings, feedback, internal, model_admin, models, security, takeoff, tokens, websocket,
 )
 from extensions.openai.errors import APIError, from_domain, from_validation, internal as internal_error
 from extensions.openai.state import ApiConfig, ApiState, install_arrivals
@@ -19,10 +19,11 @@ from modules.errors import HearthError
 
 log = logging.getLogger(__name__)
 
-GENERATION_ENDPOINTS = frozenset({"chat.chat_completions", "completions.completions"})
+GENERATION_ENDPOINTS = frozenset({"chat.chat_completions", "completions.completions", "takeoff.generate",
+                                  "takeoff.generate_stream"})  # fmt: skip
 BLUEPRINTS = (
     chat.bp, completions.bp, models.bp, internal.bp, docs.bp, embeddings.bp, tokens.bp, model_admin.bp, websocket.bp,
-    feedback.bp,
+    feedback.bp, takeoff.bp,
 )
 
 

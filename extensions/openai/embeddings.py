@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import dataclass
 
 from flask import Blueprint, jsonify
 
@@ -10,7 +11,7 @@ from extensions.openai.docs import documented
 from extensions.openai.errors import APIError
 from extensions.openai.params import check_unknown
 from extensions.openai.schemas import EmbeddingsRequest, ModerationRequest
-from extensions.openai.state import parse, state
+from extensions.openai.state import ApiState, parse, state
 from modules.errors import HearthError
 
 bp = Blueprint("embeddings", __name__)
@@ -23,22 +24,32 @@ def embeddings():
     st = state()
     req = parse(EmbeddingsRequest)
     check_unknown(req, st.config.strict)
-    engine = _embedding_engine(st, req.model)
+    result = embed(st, req.model, req.input, req.dimensions)
+    data = [{"object": "embedding", "index": index, "embedding": encoded(vector, req.encoding_format)}
+            for index, vector in enumerate(result.vectors)]  # fmt: skip
+    return jsonify({"object": "list", "data": data, "model": result.model,
+                    "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens}})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Embedding vectors (numpy arrays or float lists), the model that made them and the tokens it counted."""
+
+    model: str
+    vectors: list
+    tokens: int
+
+
+def embed(st: ApiState, model: str | None, raw, dimensions: int | None = None, param: str = "input") -> Embedded:
+    """Vectors of `raw` (texts, or token ids for a local model) from the API model `model` names when it embeds
+    itself, else from a sentence-transformers model: the one path of /v1/embeddings and Takeoff's /embed."""
+    engine = _embedding_engine(st, model)
     if engine is not None:
-        return jsonify(_proxied(engine, req))
-    embedder = st.embeddings.get(req.model)
-    texts = _texts(req.input, embedder)
-    result = embedder.embed(texts, req.dimensions)
-    data = []
-    for index, vector in enumerate(result.vectors):
-        if req.encoding_format == "base64":
-            value = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-        else:
-            value = vector.tolist()
-        data.append({"object": "embedding", "index": index, "embedding": value})
-    tokens = sum(result.token_counts)
-    return jsonify({"object": "list", "data": data, "model": embedder.name,
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+        vectors, tokens = engine.embed(_api_texts(raw, param), dimensions)
+        return Embedded(engine.name, list(vectors), tokens)
+    embedder = st.embeddings.get(model)
+    result = embedder.embed(_texts(raw, embedder, param), dimensions)
+    return Embedded(embedder.name, list(result.vectors), sum(result.token_counts))
 
 
 def _embedding_engine(st, model: str | None):
@@ -52,36 +63,35 @@ def _embedding_engine(st, model: str | None):
     return entry.engine
 
 
-def _proxied(engine, req: EmbeddingsRequest) -> dict:
-    """Embeddings from an API model's upstream, in OpenAI's shape."""
-    raw = [req.input] if isinstance(req.input, str) else req.input
+def encoded(vector, encoding_format: str = "float"):
+    """A vector as OpenAI sends it: a float list, or base64 of little-endian float32."""
+    import numpy as np
+
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist() if isinstance(vector, np.ndarray) else list(vector)
+
+
+def _api_texts(raw, param: str) -> list[str]:
+    """An API model's input: a non-empty string or list of non-empty strings (token ids mean nothing upstream)."""
+    raw = [raw] if isinstance(raw, str) else raw
     if not raw or not all(isinstance(x, str) and x for x in raw):
-        raise APIError(400, "input must be a non-empty string or list of non-empty strings for an API model",
-                       param="input")  # fmt: skip
-    vectors, tokens = engine.embed(list(raw), req.dimensions)
-    data = []
-    for index, vector in enumerate(vectors):
-        value = vector
-        if req.encoding_format == "base64":
-            import numpy as np
-
-            value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-        data.append({"object": "embedding", "index": index, "embedding": value})
-    return {"object": "list", "data": data, "model": engine.name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+        raise APIError(400, f"{param} must be a non-empty string or list of non-empty strings for an API model",
+                       param=param)  # fmt: skip
+    return list(raw)
 
 
-def _texts(raw, embedder) -> list[str]:
+def _texts(raw, embedder, param: str) -> list[str]:
     """Input as texts: strings as they are, token ids decoded with the embedding model's own vocabulary."""
     if isinstance(raw, str):
         raw = [raw]
     if not raw:
-        raise APIError(400, "input must not be empty", param="input")
+        raise APIError(400, f"{param} must not be empty", param=param)
     if all(isinstance(x, int) for x in raw):
         return [embedder.decode(raw)]
     texts = [x if isinstance(x, str) else embedder.decode(x) for x in raw]
     if any(not t for t in texts):
-        raise APIError(400, "input must not contain empty strings", param="input")
+        raise APIError(400, f"{param} must not contain empty strings", param=param)
     return texts
 
 

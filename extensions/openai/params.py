@@ -28,7 +28,8 @@ def sampler_values(req: SamplingFields) -> engine.SamplerValues:
     return engine.SamplerValues(
         temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, typical_p=req.typical_p,
         repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty, seed=req.seed, logit_bias=req.logit_bias,
+        frequency_penalty=req.frequency_penalty, no_repeat_ngram_size=req.no_repeat_ngram_size, seed=req.seed,
+        logit_bias=req.logit_bias,
     )  # fmt: skip
 
 

@@ -56,6 +56,7 @@ class SamplingFields(BaseModel):
     min_p: Number | None = sampler_field("min_p")
     typical_p: Number | None = sampler_field("typical_p")
     repetition_penalty: Number | None = sampler_field("repetition_penalty")
+    no_repeat_ngram_size: int | None = sampler_field("no_repeat_ngram_size")
     min_tokens: int | None = None
     ignore_eos: bool | None = None
     ban_eos_token: bool | None = None

@@ -45,6 +45,7 @@ class SamplerValues:
     repetition_penalty: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
     seed: int | None = None  # -1 or None: random
     logit_bias: Mapping[str, float] | None = None  # token id (as text, OpenAI's JSON) -> bias
 

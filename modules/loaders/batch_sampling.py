@@ -14,7 +14,8 @@ def choose_tokens(rows: list[Row], logits: torch.Tensor) -> list[TokenEvent]:
     processed = _banned_and_biased(rows, logits)
     for i, row in enumerate(rows):
         params = row.spec.sampling
-        if params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
+        if (params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
+                or params.no_repeat_ngram_size):  # fmt: skip
             context = torch.tensor(row.tokens, device=logits.device)
             processed[i] = apply_penalties(processed[i], params, context, context[len(row.spec.prompt_ids) :])
     tokens = [0] * len(rows)

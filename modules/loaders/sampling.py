@@ -16,10 +16,13 @@ NEG_INF = float("-inf")
 def apply_penalties(
     logits: torch.Tensor, params: SamplingParams, context: torch.Tensor, generated: torch.Tensor
 ) -> torch.Tensor:
-    """Repetition penalty over prompt+output (HF semantics); presence/frequency over output (OpenAI semantics).
+    """Repetition penalty and no-repeat n-grams over prompt+output (HF semantics); presence/frequency over output
+    (OpenAI semantics).
 
     logits: [V]; context: [T] prompt+generated ids; generated: [G] generated ids.
     """
+    if params.no_repeat_ngram_size > 0:
+        logits = ban_repeated_ngrams(logits, params.no_repeat_ngram_size, context)
     if params.repetition_penalty != 1.0 and context.numel():
         ids = context.unique()
         picked = logits[ids]
@@ -29,6 +32,17 @@ def apply_penalties(
         counts = torch.bincount(generated, minlength=logits.numel()).to(logits.dtype)
         logits = logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0).to(logits.dtype)
     return logits
+
+
+def ban_repeated_ngrams(logits: torch.Tensor, n: int, context: torch.Tensor) -> torch.Tensor:
+    """Logits [V] with -inf for every token that would complete an n-gram already in `context` [T] (HF's
+    NoRepeatNGramLogitsProcessor): the tokens that followed each earlier occurrence of the last n-1 tokens."""
+    if context.numel() < n:
+        return logits
+    windows = context.unfold(0, n, 1)  # [T-n+1, n]: every n-gram of the context
+    last = context[context.numel() - n + 1 :]  # the n-1 tokens a new token would extend
+    banned = windows[(windows[:, :-1] == last).all(-1), -1]
+    return logits.index_fill(0, banned, NEG_INF) if banned.numel() else logits
 
 
 def apply_bias_and_bans(logits: torch.Tensor, bias: dict[int, float], banned: Sequence[int]) -> torch.Tensor:
