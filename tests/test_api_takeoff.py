@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -127,7 +128,7 @@ def test_seed_002_clients_print_the_answer(api):
     assert printed == answer + "\n"
 
 
-@pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="curl not installed")
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_seed_002_curl_streams_plain_text(api):
     out = subprocess.run(["curl", "-s", "-X", "POST", api.url("/generate_stream"), "-N", "-H",
                           "Content-Type: application/json", "-d", '{"text":"List 3 things to do in London"}'],
