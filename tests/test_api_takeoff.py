@@ -362,3 +362,33 @@ def test_consumer_group_names_a_pool_entry(api):
     response = post(api, "/generate", {"text": PROMPT, "max_new_tokens": 2, "consumer_group": "tiny-gpt2"})
     assert response.status_code == 404 and response.json()["error"]["param"] == "consumer_group"
     assert re.search("not loaded", response.json()["error"]["message"])
+
+
+def test_takeoff_routes_serve_an_api_model(api, models_root):
+    """An API-model entry (`device: api`, here another Hearth and a fake upstream) answers Takeoff's routes too."""
+    from fault_upstream import FaultUpstream
+    from test_remote import front_server
+
+    fake = FaultUpstream("embedder")
+    models = {"cloud": {"device": "api", "base_url": api.base_url + "/v1", "upstream_model": "tiny-llama"},
+              "embedder": {"device": "api", "base_url": fake.base_url}}  # fmt: skip
+    front, runtime = front_server(models_root, models)
+    try:
+        body = {"text": PROMPT, "max_new_tokens": 8}
+        direct = generate(api, body)["text"]
+        assert generate(front, {**body, "consumer_group": "cloud"})["text"] == direct
+        streamed = post(front, "/generate_stream", {**body, "consumer_group": "cloud"}, stream=True)
+        assert streamed.headers["X-Hearth-Model"] == "cloud" and sse_text(streamed.text) == direct
+        assert generate(front, {**body, "consumer_group": "primary"})["text"] == direct  # the default entry
+        chat = {"text": "Hello there", "use_chat_template": True, "max_new_tokens": 8}
+        assert generate(front, {**chat, "consumer_group": "cloud"})["text"] == generate(api, chat)["text"]
+        refused = post(front, "/generate", {**body, "consumer_group": "cloud", "prompt_max_tokens": 2})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt_max_tokens"
+        unknown = post(front, "/generate", {**body, "consumer_group": "nope"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "consumer_group"
+        embedded = post(front, "/embed", {"text": ["ab", "abcd"], "consumer_group": "embedder"}).json()["result"]
+        assert [vector[0] for vector in embedded] == [2.0, 4.0]
+    finally:
+        front.stop()
+        runtime.close()
+        fake.close()

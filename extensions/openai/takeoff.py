@@ -153,7 +153,7 @@ def embed():
     req = parse(EmbedRequest)
     check_unknown(req, st.config.strict)
     with takeoff_params():
-        _, result = embeddings.embed(st, req.consumer_group, req.text, param="text")
+        result = embeddings.embed(st, req.consumer_group, req.text, param="text")
     vectors = [embeddings.encoded(vector) for vector in result.vectors]
     return jsonify({"result": vectors[0] if isinstance(req.text, str) else vectors})
 

@@ -29,7 +29,8 @@ FINISH = {"length": FinishReason.LENGTH}  # everything else upstream ("stop", "e
 UNSUPPORTED_PROMPT = ("instruction_template", "instruction_template_str", "chat_template_str", "character", "name1",
                       "name2", "context", "greeting", "user_bio", "chat_instruct_command")  # fmt: skip
 OPENAI_SAMPLERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
-EXTRA_SAMPLERS = ("top_k", "min_p", "typical_p", "repetition_penalty")  # vLLM's names; sent only when not neutral
+# vLLM's names (no_repeat_ngram_size: Hearth's and text-generation-webui's); sent only when not neutral
+EXTRA_SAMPLERS = ("top_k", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size")
 
 
 @dataclass(frozen=True)
