@@ -15,6 +15,7 @@ from typing import Any, Iterator, Union
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
+from werkzeug.datastructures import MIMEAccept
 
 from extensions.openai import embeddings
 from extensions.openai.chat import sse_response
@@ -85,8 +86,8 @@ class EmbedRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="allow")
     text: Union[str, list[str]]
-    consumer_group: str | None = Field(default=None, description="the embedding model; unknown names (such as "
-                                       "'primary') mean the default one")  # fmt: skip
+    consumer_group: str | None = Field(default=None, description="an API-model entry that embeds, or an embedding "
+                                       "model; other names (such as 'primary') mean the default one")  # fmt: skip
 
 
 @dataclass
@@ -158,7 +159,7 @@ def embed():
     return jsonify({"result": vectors[0] if isinstance(req.text, str) else vectors})
 
 
-def wants_events(accept, fields: set[str]) -> bool:
+def wants_events(accept: MIMEAccept, fields: set[str]) -> bool:
     """Server-sent events unless the client asks for text/plain, or sends the Iris Takeoff body without asking.
 
     An Accept header naming text/event-stream or text/plain decides. Neither takeoff-client nor seed 002's client
