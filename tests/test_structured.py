@@ -139,9 +139,9 @@ def test_cut_by_max_tokens_is_length(server):
 
 @pytest.mark.parametrize("fmt,keyword", [
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}},
-     "uniqueItems"),
+     '"uniqueItems"'),
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "not": {"required": ["a"]}}}},
-     "not"),
+     '"not"'),
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}, "strin"),
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/missing"}}}, "missing"),
     ({"type": "json_schema"}, "json_schema"),

@@ -70,7 +70,7 @@ class GrammarCompiler:
 
         matcher = LLMatcher(self.tokenizer, grammar.source, log_level=0)
         if matcher.is_error():
-            raise InvalidParameter(f"{grammar.param} cannot be enforced: {_short(matcher.get_error())}",
+            raise InvalidParameter(f"{grammar.param} is invalid or cannot be enforced: {_short(matcher.get_error())}",
                                    param=grammar.param)  # fmt: skip
         with self._lock:
             self._cache[grammar.source] = matcher
