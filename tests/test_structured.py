@@ -369,3 +369,32 @@ def parse_calls(fmt, text):
     reply.add(parser.feed(text))
     reply.add(parser.finish())
     return reply.calls
+
+
+def test_parameters_tab_grammar_applies_to_the_chat(server, tmp_path):
+    """The UI's field: a JSON schema or a GBNF grammar, read by the Parameters tab, constrains the chat's reply."""
+    import gradio as gr
+
+    from modules.chat import ChatOptions, ChatSession, new_conversation
+    from modules.chat.history import HistoryStore
+    from modules.ui import params_tab
+
+    runtime = server.app.extensions["hearth"].runtime
+    with gr.Blocks():
+        tab = params_tab.build(runtime)
+    base = {**{s: 0.0 if k == "temperature" else s.value for k, s in tab.sliders.items()}, tab.max_new_tokens: 200,
+            tab.seed: 1, tab.stop: "", tab.ban_eos: False}  # fmt: skip
+    gbnf = 'root ::= "The answer is " [0-9] [0-9]? "."'
+    for grammar, check in ((json.dumps(PERSON), lambda text: jsonschema.validate(json.loads(text), PERSON)),
+                           (gbnf, lambda text: re.fullmatch(r"The answer is [0-9][0-9]?\.", text).group())):
+        session = ChatSession(runtime, HistoryStore(tmp_path), new_conversation(runtime.prompts, "instruct", "Assistant"))
+        list(session.send("Tell me", ChatOptions(), tab.read({**base, tab.grammar: grammar})))
+        check(session.conversation.last_reply())
+    free = ChatSession(runtime, HistoryStore(tmp_path), new_conversation(runtime.prompts, "instruct", "Assistant"))
+    list(free.send("Tell me", ChatOptions(), tab.read({**base, tab.grammar: ""})))
+    assert not is_json(free.conversation.last_reply())
+    from modules.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter) as bad:
+        tab.read({**base, tab.grammar: "root ::= ("})
+    assert bad.value.param == "grammar"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
 from modules.chat.conversation import Conversation
+from modules.constraints.grammar import Grammar
 from modules.chat.history import HistoryStore
 from modules.engine.base import ChatRequest, Generation, OutputOptions, PromptChoices, PromptPreview, SamplerValues
 from modules.errors import CharacterNotFound, HearthError, ModelNotLoaded
@@ -44,6 +45,7 @@ class ReplyParams:
     max_new_tokens: int = 512
     stop: tuple[str, ...] = ()
     ban_eos: bool = False  # text-generation-webui's "Ban the eos_token": write until max_new_tokens
+    grammar: Grammar | None = None  # the Parameters tab's JSON schema or grammar: replies must match it
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ def chat_request(conversation: Conversation, options: ChatOptions, params: Reply
         continue_=continue_,
     )  # fmt: skip
     output = OutputOptions(max_tokens=params.max_new_tokens, stop=tuple(params.stop), ban_eos=params.ban_eos)
-    return ChatRequest(tuple(conversation.messages), prompt, values, output, shrink_reply=True)
+    return ChatRequest(tuple(conversation.messages), prompt, values, output, shrink_reply=True,
+                       constraint=params.grammar)  # fmt: skip
 
 
 def reply_sampling(params: ReplyParams) -> SamplerValues:
