@@ -398,3 +398,54 @@ def test_parameters_tab_grammar_applies_to_the_chat(server, tmp_path):
     with pytest.raises(InvalidParameter) as bad:
         tab.read({**base, tab.grammar: "root ::= ("})
     assert bad.value.param == "grammar"
+
+
+@pytest.mark.parametrize("fmt_name", ["hermes", "mistral", "llama3", "json"])
+def test_each_call_format_grammar_takes_its_own_rendering(fmt_name):
+    """A format's grammar accepts the calls as the format renders them, and the parser reads them back."""
+    from modules.constraints.compiler import GrammarCompiler
+    from modules.tools.formats import FORMATS, call_grammar
+    from modules.tools.spec import Tool, ToolChoice
+    from tiny_models import build_tokenizer
+
+    fmt = FORMATS[fmt_name]
+    tools = tuple(Tool(t["function"]["name"], "", t["function"]["parameters"]) for t in (WEATHER, ADD))
+    calls = [("get_weather", {"city": "Oslo", "unit": "c"}), ("add", '{"a": 2, "b": 40}')]
+    text = fmt.render(calls)
+    tokenizer = build_tokenizer()
+    compiled = GrammarCompiler(tokenizer, len(tokenizer) + 5, [tokenizer.eos_token_id]).compile(
+        call_grammar(fmt, tools, ToolChoice("required")))
+    matcher = compiled.new_matcher().ll
+    assert matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False)) and matcher.is_accepting()
+    single = compiled.new_matcher().ll  # parallel_tool_calls false: one call only
+    one = GrammarCompiler(tokenizer, len(tokenizer), [2]).compile(
+        call_grammar(fmt, tools, ToolChoice("named", "add", parallel=False))).new_matcher().ll
+    assert not one.consume_tokens(tokenizer.encode(text, add_special_tokens=False))  # get_weather is not "add"
+    assert single.consume_tokens(tokenizer.encode(fmt.render(calls[1:]), add_special_tokens=False))
+    assert [(c["name"], json.loads(c["arguments"])) for c in parse_calls(fmt, text)] == [
+        ("get_weather", {"city": "Oslo", "unit": "c"}), ("add", {"a": 2, "b": 40})]
+
+
+@pytest.mark.parametrize("source,name", [
+    ("{{ '<tool_call>' }}{{ tools | tojson }}", "hermes"),
+    ("{% if tools %}[AVAILABLE_TOOLS]{{ tools|tojson }}[/AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]", "mistral"),
+    ("{{ '<|python_tag|>' }}{% if tools %}{{ tools }}{% endif %}", "llama3"),
+    ("{{ messages }}", None),
+])  # fmt: skip
+def test_call_format_detected_from_the_template(source, name):
+    from modules.tools.formats import detect_format
+
+    found = detect_format(source)
+    assert (found.name if found else None) == name
+
+
+def test_mask_forbids_padded_logits():
+    """Logits wider than the tokenizer's vocabulary: the extra ids are never allowed."""
+    import numpy as np
+
+    from modules.loaders.grammar_mask import _mask_bias
+
+    words = np.array([[0b101, -1]], dtype=np.int32)  # tokens 0 and 2 of the first word, all 32 of the second
+    bias = _mask_bias(words, 70)
+    allowed = [i for i in range(70) if bias[0, i] == 0]
+    assert allowed == [0, 2, *range(32, 64)] and np.isneginf(bias[0, 64:]).all()
