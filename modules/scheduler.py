@@ -215,10 +215,10 @@ class Scheduler:
         info = loader.info
         stop_ids = set(request.stop_token_ids)
         eos = set(info.eos_token_ids)
-        if not request.ban_eos:
+        grammar = request.constraint
+        if not request.ban_eos or grammar is not None:  # a grammar ends where it is complete, on EOS
             stop_ids |= eos
         seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
-        grammar = request.constraint
         spec = SequenceSpec(
             seq_id=seq_id,
             prompt_ids=request.prompt_ids,

@@ -220,6 +220,21 @@ def test_openai_sdk_parse(server):
     person = done.choices[0].message.parsed
     assert isinstance(person, Person) and 2 <= len(person.name) <= 8
 
+    class Add(BaseModel):
+        """Add two numbers."""
+
+        a: int = Field(ge=0, le=99)
+        b: int = Field(ge=0, le=99)
+
+    import openai
+
+    done = client.chat.completions.parse(model="tiny-tools", messages=ASK, tools=[openai.pydantic_function_tool(Add)],
+                                         tool_choice="required", parallel_tool_calls=False, temperature=0,
+                                         max_tokens=200)  # fmt: skip
+    (call,) = done.choices[0].message.tool_calls
+    assert call.function.name == "Add" and isinstance(call.function.parsed_arguments, Add)
+    assert done.choices[0].finish_reason == "tool_calls"
+
 
 def test_langchain_structured_output_and_bind_tools(server):
     from langchain_openai import ChatOpenAI
