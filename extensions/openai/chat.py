@@ -14,8 +14,7 @@ from extensions.openai.schemas import ChatCompletionRequest
 from extensions.openai.sse import KEEPALIVE, event, stream
 from extensions.openai.state import ApiState, announced, parse, serving_engine, state
 from extensions.openai.tool_calls import event_delta, finish_with_calls, with_tool_calls
-from modules.engine.base import Stream
-from modules.errors import InvalidParameter
+from modules.engine.base import Stream, require_constraints
 
 bp = Blueprint("chat", __name__)
 
@@ -40,9 +39,8 @@ def start_chat(st: ApiState, req: ChatCompletionRequest) -> Run:
     check_unknown(req, st.config.strict)
     check_supported(req)
     chat, engine = chat_request(req), serving_engine(req.model)
-    if (chat.constraint is not None or chat.tools) and not engine.capabilities.constraints:
-        param = "response_format" if chat.constraint is not None else "tools"
-        raise InvalidParameter(f"{param} is not supported by this model (it cannot constrain its output)", param=param)
+    if chat.constraint is not None or chat.tools:
+        require_constraints(engine.capabilities, chat)
     gen = engine.chat(chat)
     handle, preview, parser = gen.handles[0], gen.preview, gen.tool_parser
     meta = R.ResponseMeta.new("chatcmpl", gen.model, list(gen.fingerprint), gen.id)

@@ -13,7 +13,9 @@ from typing import Callable, Iterator, TypeVar
 from modules.chat.conversation import Conversation
 from modules.constraints.grammar import Grammar
 from modules.chat.history import HistoryStore
-from modules.engine.base import ChatRequest, Generation, OutputOptions, PromptChoices, PromptPreview, SamplerValues
+from modules.engine.base import (
+    ChatRequest, Generation, OutputOptions, PromptChoices, PromptPreview, SamplerValues, require_constraints,
+)
 from modules.errors import CharacterNotFound, HearthError, ModelNotLoaded
 from modules.generation import SamplingParams
 from modules.handle import Handle
@@ -107,7 +109,13 @@ def start_reply(runtime, conversation: Conversation, options: ChatOptions, param
     """Submit the next reply to the picked entry's engine; the generation and the context it fills."""
     engine = engine_for(runtime, options)
     request = for_engine(engine, chat_request(conversation, options, params, continue_), runtime.prompts)
-    gen = _ui_errors(lambda: engine.chat(request))
+
+    def submit() -> Generation:
+        if request.constraint is not None:  # an API model cannot follow the grammar: refused, not ignored
+            require_constraints(engine.capabilities, request)
+        return engine.chat(request)
+
+    gen = _ui_errors(submit)
     return gen, _context_info(entry_label(engine), gen.preview)
 
 

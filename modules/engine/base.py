@@ -101,6 +101,20 @@ class ChatRequest:
     constraint: Grammar | None = None  # the reply's text must match (response_format, the UI's grammar field)
 
 
+def require_constraints(caps: Capabilities, request: "ChatRequest | CompletionRequest") -> None:
+    """InvalidParameter when `request` asks for output an engine without Capabilities.constraints cannot enforce
+    (a grammar, a response_format, tools): refused, never answered unconstrained."""
+    if caps.constraints:
+        return
+    if request.constraint is not None:
+        param = request.constraint.param
+    elif getattr(request, "tools", ()):
+        param = "tools"
+    else:
+        return
+    raise InvalidParameter(f"{param} is not supported by this model (it cannot constrain its output)", param=param)
+
+
 @dataclass(frozen=True)
 class CompletionRequest:
     """Prompts to continue: text, or token ids where the engine has them (Capabilities.token_ids)."""
