@@ -354,7 +354,8 @@ def test_parser_split_points_do_not_matter(server):
     cases = [(HERMES, generated), (HERMES, "Let me check.\n" + generated + "\n"),
              (HERMES, 'text <tool_call> {"name": "unknown", "arguments": {}} </tool_call> more'),
              (HERMES, '<tool_call>\n{"name": "add", "arguments": {"a": "}\\"{", "b": [1, {"c": 2}]}}\n</tool_call>'),
-             (MISTRAL, '[TOOL_CALLS][{"name": "add", "arguments": {"a": 1}}, {"name": "get_weather", "arguments": {}}]'),
+             (MISTRAL, '[TOOL_CALLS][{"name": "add", "arguments": {"a": 1}}, '
+                       '{"name": "get_weather", "arguments": {}}]'),
              (JSON_CALLS, '{"name": "add", "arguments": {"a": 1}}\n{"name": "add", "arguments": {"a": 2}}'),
              (JSON_CALLS, '{"answer": 42}')]  # fmt: skip
     rng = random.Random(0)
@@ -402,7 +403,8 @@ def test_parameters_tab_grammar_applies_to_the_chat(server, tmp_path):
     gbnf = 'root ::= "The answer is " [0-9] [0-9]? "."'
     for grammar, check in ((json.dumps(PERSON), lambda text: jsonschema.validate(json.loads(text), PERSON)),
                            (gbnf, lambda text: re.fullmatch(r"The answer is [0-9][0-9]?\.", text).group())):
-        session = ChatSession(runtime, HistoryStore(tmp_path), new_conversation(runtime.prompts, "instruct", "Assistant"))
+        conversation = new_conversation(runtime.prompts, "instruct", "Assistant")
+        session = ChatSession(runtime, HistoryStore(tmp_path), conversation)
         list(session.send("Tell me", ChatOptions(), tab.read({**base, tab.grammar: grammar})))
         check(session.conversation.last_reply())
     free = ChatSession(runtime, HistoryStore(tmp_path), new_conversation(runtime.prompts, "instruct", "Assistant"))

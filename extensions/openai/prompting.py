@@ -14,7 +14,8 @@ UNSUPPORTED_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file
 def check_supported(req: ChatCompletionRequest) -> None:
     """Refuse, with a 400, what Hearth cannot honour rather than silently ignoring it."""
     if isinstance(req.function_call, dict):
-        raise APIError(400, "the legacy function_call is not supported; use tools and tool_choice", param="function_call")
+        raise APIError(400, "the legacy function_call is not supported; use tools and tool_choice",
+                       param="function_call")  # fmt: skip
     if req.audio is not None or any(m != "text" for m in req.modalities or ()):
         raise APIError(400, "only text output is supported", param="modalities")
     if req.top_logprobs is not None and not req.logprobs:

@@ -51,7 +51,8 @@ class LocalEngine(Engine):
         declared = capabilities_of(loader.info.loader)
         flags = {f: f in declared for f in ("templates", "token_ids", "logprobs", "prompt_logprobs", "logits")}
         flags["logits"] = flags["logits"] and loader.capabilities.logits
-        return Capabilities(**flags, max_batch=loader.capabilities.max_batch, constraints=loader.capabilities.constraints)
+        caps = loader.capabilities
+        return Capabilities(**flags, max_batch=caps.max_batch, constraints=caps.constraints)
 
     def loader(self) -> Loader:
         """The loaded model, or ModelNotLoaded naming the entry."""
