@@ -21,6 +21,7 @@ class PreparedPrompt:
     stop: tuple[str, ...]
     dropped_messages: int = 0
     trim_reply_start: bool = False  # drop the reply's leading spaces (chat modes)
+    tool_format: str | None = None  # the tool-call format the prompt asks for (modules.tools.formats)
 
 
 def model_prompt_info(loader: Loader):
@@ -48,4 +49,4 @@ def prepare_prompt(prompts, messages: list[dict], options, loader: Loader) -> Pr
     if len(ids) >= context:
         raise ContextTooLong(f"the prompt is {len(ids)} tokens but the model's context is {context}", param="messages")
     return PreparedPrompt(rendered.text, ids, rendered.template_name, rendered.template_source, rendered.stop,
-                          rendered.dropped_messages, rendered.trim_reply_start)  # fmt: skip
+                          rendered.dropped_messages, rendered.trim_reply_start, rendered.tool_format)  # fmt: skip

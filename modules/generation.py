@@ -70,6 +70,9 @@ class GenerationRequest:
     model_id: str | None = None  # the model the prompt was tokenized for; a swap in between is refused
     skip_special_tokens: bool = True
     trim_leading_space: bool = False  # drop spaces at the start of each choice's text (chat-mode replies)
+    # A compiled grammar (modules.constraints.compiler.CompiledGrammar): every choice's output stays in it and
+    # ends when it is complete; the grammar alone decides the end, so min_tokens and ban_eos do not apply.
+    constraint: object | None = None
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Raise InvalidParameter naming the first invalid field."""

@@ -215,7 +215,8 @@ class Scheduler:
         info = loader.info
         stop_ids = set(request.stop_token_ids)
         eos = set(info.eos_token_ids)
-        if not request.ban_eos:
+        grammar = request.constraint
+        if not request.ban_eos or grammar is not None:  # a grammar ends where it is complete, on EOS
             stop_ids |= eos
         seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
         spec = SequenceSpec(
@@ -223,10 +224,11 @@ class Scheduler:
             prompt_ids=request.prompt_ids,
             sampling=request.sampling,
             seed=seed + index,  # n choices with one seed differ, yet each is reproducible
-            suppress_ids=tuple(sorted(stop_ids)),
+            suppress_ids=tuple(sorted(stop_ids)) if grammar is None else (),
             suppress_until=request.min_tokens,
-            banned_ids=tuple(sorted(eos)) if request.ban_eos else (),
+            banned_ids=tuple(sorted(eos)) if request.ban_eos and grammar is None else (),
             logprobs=request.logprobs,
+            matcher=grammar.new_matcher() if grammar is not None else None,  # copied here, in the request thread
         )
         return _Seq(seq_id, index, handle, spec, frozenset(stop_ids))
 
@@ -329,19 +331,21 @@ class Scheduler:
 
     def _route(self, seq: _Seq, event: TokenEvent, batch: int) -> None:
         if event.error is not None:
+            self._loader.release(seq.seq_id)  # a no-op when the loader already dropped it (a failed prefill)
             seq.handle.deliver(failed(event.error))
             self._forget(seq)
             return
         seq.generated += 1
         request = seq.handle.request
         reason = None
-        if event.token_id in seq.stop_ids and seq.generated > request.min_tokens:
+        stop_token = event.token_id in seq.stop_ids and (seq.generated > request.min_tokens or event.complete)
+        if stop_token or event.complete:  # a complete grammar's last token, unless a stop id, is part of the text
             reason = FinishReason.STOP
         elif request.max_tokens is not None and seq.generated >= request.max_tokens:
             reason = FinishReason.LENGTH
         elif len(request.prompt_ids) + seq.generated >= self._loader.info.context_length:
             reason = FinishReason.LENGTH
-        seq.handle.deliver(TokenItem(seq.index, event, is_stop_token=reason is FinishReason.STOP, batch=batch))
+        seq.handle.deliver(TokenItem(seq.index, event, is_stop_token=stop_token, batch=batch))
         if reason is not None:
             self._finish(seq, reason)
 

@@ -233,7 +233,10 @@ def test_embeddings_through_an_api_model(front, upstreams):
 
 
 def test_what_an_api_model_cannot_honour_is_a_400(front):
-    for body, param in (({"logprobs": True}, "logprobs"), ({"instruction_template": "ChatML"}, "instruction_template")):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for body, param in (({"logprobs": True}, "logprobs"), ({"instruction_template": "ChatML"}, "instruction_template"),
+                        ({"response_format": {"type": "json_object"}}, "response_format"),
+                        ({"tools": tools}, "tools")):  # not enforced by an API model: refused, never ignored
         response = chat(front, "alone", **body)
         assert response.status_code == 400 and response.json()["error"]["param"] == param
     response = requests.post(front.url("/v1/completions"), json={"model": "alone", "prompt": [1, 2, 3]}, timeout=30)

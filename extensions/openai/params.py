@@ -8,7 +8,9 @@ from pydantic import BaseModel
 from extensions.openai.errors import APIError
 from extensions.openai.prompting import flatten_messages
 from extensions.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from modules.constraints.grammar import for_response_format
 from modules.engine import base as engine
+from modules.tools.spec import Tool, ToolChoice
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,27 @@ def chat_request(req: ChatCompletionRequest) -> engine.ChatRequest:
         user_bio=req.user_bio, chat_instruct_command=req.chat_instruct_command, continue_=req.continue_,
     )  # fmt: skip
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    tools = tuple(_tool(t.function) for t in req.tools or ())
     return engine.ChatRequest(tuple(flatten_messages(req.messages)), prompt, sampler_values(req),
-                              output_options(req, given[0] if given else None, logprobs), user=req.user)  # fmt: skip
+                              output_options(req, given[0] if given else None, logprobs), user=req.user,
+                              tools=tools, tool_choice=_tool_choice(req, bool(tools)),
+                              constraint=for_response_format(req.response_format))  # fmt: skip
+
+
+def _tool(function) -> Tool:
+    parameters = function.parameters if function.parameters is not None else {"type": "object", "properties": {}}
+    return Tool(function.name, function.description or "", parameters)
+
+
+def _tool_choice(req: ChatCompletionRequest, has_tools: bool) -> ToolChoice:
+    """OpenAI's default: "auto" with tools, "none" without."""
+    parallel = req.parallel_tool_calls is not False
+    choice = req.tool_choice
+    if choice is None:
+        return ToolChoice("auto" if has_tools else "none", parallel=parallel)
+    if isinstance(choice, str):
+        return ToolChoice(choice, parallel=parallel)
+    return ToolChoice("named", choice.function.name, parallel=parallel)
 
 
 def completion_request(req: CompletionRequest, max_tokens: int) -> engine.CompletionRequest:

@@ -13,22 +13,18 @@ UNSUPPORTED_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file
 
 def check_supported(req: ChatCompletionRequest) -> None:
     """Refuse, with a 400, what Hearth cannot honour rather than silently ignoring it."""
-    fmt = (req.response_format or {}).get("type", "text")
-    if fmt != "text":
-        raise APIError(400, f"response_format '{fmt}' is not supported yet; only 'text'", param="response_format")
-    if isinstance(req.tool_choice, dict) or req.tool_choice == "required":
-        raise APIError(400, "tool calling is not supported yet; tool_choice must be 'auto' or 'none'", param="tool_choice")
     if isinstance(req.function_call, dict):
-        raise APIError(400, "function calling is not supported yet", param="function_call")
+        raise APIError(400, "the legacy function_call is not supported; use tools and tool_choice",
+                       param="function_call")  # fmt: skip
     if req.audio is not None or any(m != "text" for m in req.modalities or ()):
         raise APIError(400, "only text output is supported", param="modalities")
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
         raise APIError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", param="top_logprobs")
-    if req.tools or req.functions:
-        # With tool_choice "auto" answering in plain text is a valid reply, so the tools are simply not used.
-        log.debug("tools given with tool_choice=%r: answering without tool calls", req.tool_choice)
+    if req.functions:
+        # The legacy `functions` with function_call "auto": answering in plain text is a valid reply.
+        log.debug("legacy functions given: answering without function calls")
 
 
 def flatten_messages(messages: list[ChatMessage]) -> list[dict]:
@@ -43,8 +39,24 @@ def flatten_messages(messages: list[ChatMessage]) -> list[dict]:
         else:
             text = "\n".join(_text_part(part, i, j) for j, part in enumerate(content))
         role = "tool" if message.role == "function" else message.role
-        flat.append({"role": role, "content": text})
+        flat.append({"role": role, "content": text, **_tool_fields(message)})
     return flat
+
+
+def _tool_fields(message: ChatMessage) -> dict:
+    """An assistant's tool_calls and a tool result's tool_call_id and name, for the chat template."""
+    fields: dict = {}
+    if message.tool_calls:
+        fields["tool_calls"] = [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.function.name, "arguments": call.function.arguments}}
+            for call in message.tool_calls
+        ]  # fmt: skip
+    if message.tool_call_id is not None:
+        fields["tool_call_id"] = message.tool_call_id
+    if message.name is not None and message.role in ("tool", "function"):
+        fields["name"] = message.name
+    return fields
 
 
 def _text_part(part: dict, i: int, j: int) -> str:

@@ -72,6 +72,23 @@ class SamplingFields(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+class CalledFunction(BaseModel):
+    """The function of an assistant message's tool call; arguments as JSON text (OpenAI) or an object."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    name: str
+    arguments: Union[str, dict[str, Any]] = "{}"
+
+
+class MessageToolCall(BaseModel):
+    """A tool call of an earlier assistant message."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     """One message; content is a string or a list of parts (only text parts are supported)."""
 
@@ -79,6 +96,41 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Union[str, list[dict[str, Any]], None] = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call; `parameters` is a JSON schema of its arguments."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    """One entry of `tools`."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    """{"name": ...} of a named tool_choice."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """tool_choice naming one function."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    type: Literal["function"]
+    function: FunctionName
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -89,8 +141,8 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = None
     max_completion_tokens: int | None = None
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Union[str, dict[str, Any], None] = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     functions: list[dict[str, Any]] | None = None
     function_call: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None

@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
 from modules.chat.conversation import Conversation
+from modules.constraints.grammar import Grammar
 from modules.chat.history import HistoryStore
-from modules.engine.base import ChatRequest, Generation, OutputOptions, PromptChoices, PromptPreview, SamplerValues
+from modules.engine.base import (
+    ChatRequest, Generation, OutputOptions, PromptChoices, PromptPreview, SamplerValues, require_constraints,
+)
 from modules.errors import CharacterNotFound, HearthError, ModelNotLoaded
 from modules.generation import SamplingParams
 from modules.handle import Handle
@@ -44,6 +47,7 @@ class ReplyParams:
     max_new_tokens: int = 512
     stop: tuple[str, ...] = ()
     ban_eos: bool = False  # text-generation-webui's "Ban the eos_token": write until max_new_tokens
+    grammar: Grammar | None = None  # the Parameters tab's JSON schema or grammar: replies must match it
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ def chat_request(conversation: Conversation, options: ChatOptions, params: Reply
         continue_=continue_,
     )  # fmt: skip
     output = OutputOptions(max_tokens=params.max_new_tokens, stop=tuple(params.stop), ban_eos=params.ban_eos)
-    return ChatRequest(tuple(conversation.messages), prompt, values, output, shrink_reply=True)
+    return ChatRequest(tuple(conversation.messages), prompt, values, output, shrink_reply=True,
+                       constraint=params.grammar)  # fmt: skip
 
 
 def reply_sampling(params: ReplyParams) -> SamplerValues:
@@ -104,7 +109,13 @@ def start_reply(runtime, conversation: Conversation, options: ChatOptions, param
     """Submit the next reply to the picked entry's engine; the generation and the context it fills."""
     engine = engine_for(runtime, options)
     request = for_engine(engine, chat_request(conversation, options, params, continue_), runtime.prompts)
-    gen = _ui_errors(lambda: engine.chat(request))
+
+    def submit() -> Generation:
+        if request.constraint is not None:  # an API model cannot follow the grammar: refused, not ignored
+            require_constraints(engine.capabilities, request)
+        return engine.chat(request)
+
+    gen = _ui_errors(submit)
     return gen, _context_info(entry_label(engine), gen.preview)
 
 

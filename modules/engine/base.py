@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
+from modules.constraints.grammar import Grammar
 from modules.errors import InvalidParameter
 from modules.generation import Completion, Delta, Usage
+from modules.tools.parser import ToolCallParser
+from modules.tools.spec import Tool, ToolChoice
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Capabilities:
     logits: bool = True  # next-token probabilities (/v1/internal/logits)
     max_batch: int = 1  # requests decoded together
     embeddings: bool = False  # answers /v1/embeddings itself (Engine.embed)
+    constraints: bool = False  # enforces grammars: response_format, regex, tool_choice required/named
 
     def require(self, name: str, param: str, what: str) -> None:
         """InvalidParameter (a 400 naming `param`) unless capability `name` is there."""
@@ -84,14 +88,32 @@ class PromptChoices:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """A conversation ({"role", "content": str} messages) to answer."""
+    """A conversation to answer: {"role", "content": str} messages, assistant ones with optional `tool_calls`
+    (OpenAI's shape) and tool results with `tool_call_id`."""
 
-    messages: tuple[Mapping[str, str], ...]
+    messages: tuple[Mapping[str, Any], ...]
     prompt: PromptChoices = field(default_factory=PromptChoices)
     sampling: SamplerValues = field(default_factory=SamplerValues)
     output: OutputOptions = field(default_factory=OutputOptions)
     user: str | None = None  # the client's end-user id (OpenAI's `user`): sticky A/B arms
     shrink_reply: bool = False  # when even the latest turn leaves less room than max_tokens, reply in what is left
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    constraint: Grammar | None = None  # the reply's text must match (response_format, the UI's grammar field)
+
+
+def require_constraints(caps: Capabilities, request: "ChatRequest | CompletionRequest") -> None:
+    """InvalidParameter when `request` asks for output an engine without Capabilities.constraints cannot enforce
+    (a grammar, a response_format, tools): refused, never answered unconstrained."""
+    if caps.constraints:
+        return
+    if request.constraint is not None:
+        param = request.constraint.param
+    elif getattr(request, "tools", ()):
+        param = "tools"
+    else:
+        return
+    raise InvalidParameter(f"{param} is not supported by this model (it cannot constrain its output)", param=param)
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,7 @@ class CompletionRequest:
     sampling: SamplerValues = field(default_factory=SamplerValues)
     output: OutputOptions = field(default_factory=OutputOptions)
     user: str | None = None  # the client's end-user id (OpenAI's `user`): sticky A/B arms
+    constraint: Grammar | None = None  # each continuation must match (Takeoff's json_schema / regex_string)
 
 
 @dataclass(frozen=True)
@@ -163,6 +186,7 @@ class Generation:
     echoes: list[tuple[str, list]] | None = None  # completions with echo: (text, prompt-token logprobs) per prompt
     prompt_tokens: int = 0  # completions: the prompts' tokens (usage of an echo-only request)
     id: str | None = None  # the response id, when the engine chose it (an A/B split logs under it)
+    tool_parser: Callable[[], ToolCallParser] | None = None  # chat with tools: a parser per choice reads calls
 
     def cancel(self) -> None:
         """Stop every choice (a dropped client frees its batch slots)."""

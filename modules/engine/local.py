@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Callable, TypeVar
 
@@ -17,6 +18,9 @@ from modules.loaders.base import Loader
 from modules.loaders.registry import capabilities_of
 from modules.model_manager import ModelManager
 from modules.samplers import SAMPLER_NAMES
+from modules.tools.formats import FORMATS, MARKERS, call_grammar
+from modules.tools.parser import ToolCallParser
+from modules.tools.spec import check_tools
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,7 +51,8 @@ class LocalEngine(Engine):
         declared = capabilities_of(loader.info.loader)
         flags = {f: f in declared for f in ("templates", "token_ids", "logprobs", "prompt_logprobs", "logits")}
         flags["logits"] = flags["logits"] and loader.capabilities.logits
-        return Capabilities(**flags, max_batch=loader.capabilities.max_batch)
+        caps = loader.capabilities
+        return Capabilities(**flags, max_batch=caps.max_batch, constraints=caps.constraints)
 
     def loader(self) -> Loader:
         """The loaded model, or ModelNotLoaded naming the entry."""
@@ -118,13 +123,41 @@ class LocalEngine(Engine):
     def _chat(self, request: ChatRequest) -> Generation:
         loader = self.loader()
         self._check(request.output)
+        check_tools(request.tools)
+        request.tool_choice.check(request.tools)
         prepared = self._prepare(request, loader)
-        gen = generation_request(prepared.ids, request.sampling, request.output, loader.info, self.settings.generation,
-                                 self.manager.prompt_settings, extra_stop=prepared.stop,
-                                 trim_leading_space=prepared.trim_reply_start)  # fmt: skip
+        grammar = self._chat_grammar(request, prepared, loader)
+        output, calls = request.output, prepared.tool_format is not None
+        if calls:  # call markup may be special tokens (Mistral's [TOOL_CALLS]): keep them for the parser
+            output = dataclasses.replace(output, skip_special_tokens=False)
+        gen = generation_request(prepared.ids, request.sampling, output, loader.info, self.settings.generation,
+                                 self.manager.prompt_settings, extra_stop=() if grammar else prepared.stop,
+                                 trim_leading_space=prepared.trim_reply_start, constraint=grammar)  # fmt: skip
         handle = self.manager.scheduler.submit(gen)
+        parser = None
+        if calls:
+            names = [t.name for t in request.tools]
+            parser = functools.partial(ToolCallParser, FORMATS[prepared.tool_format], names)
         return Generation(self.name or loader.info.name, [handle], loader.token_bytes,
-                          (loader.info.dtype, prepared.template), preview=_preview(prepared, loader))  # fmt: skip
+                          (loader.info.dtype, prepared.template), preview=_preview(prepared, loader),
+                          tool_parser=parser)  # fmt: skip
+
+    def _chat_grammar(self, request: ChatRequest, prepared: PreparedPrompt, loader: Loader):
+        """The compiled grammar of a chat reply: the calls a tool_choice enforces, else the request's constraint.
+
+        With tools offered freely (auto) and a response_format, the reply follows the format (no calls)."""
+        choice = request.tool_choice
+        if request.tools and choice.enforced:
+            grammar = call_grammar(FORMATS[prepared.tool_format], request.tools, choice, _marker_ids(loader))
+        elif request.constraint is not None:
+            grammar = request.constraint
+        else:
+            return None
+        return self._compile(grammar, loader)
+
+    def _compile(self, grammar, loader: Loader):
+        self.capabilities.require("constraints", grammar.param, "constrained output")
+        return loader.compile_grammar(grammar)
 
     def _check(self, output) -> None:
         """Refuse what the loader cannot do, naming the parameter."""
@@ -138,6 +171,8 @@ class LocalEngine(Engine):
         max_tokens = request.output.max_tokens or self.settings.generation.max_new_tokens
         reserve = min(max(max_tokens, 0), loader.info.context_length // 2)  # room for the reply when dropping turns
         options = prompt_options(request.prompt, self.settings.chat, self.manager.prompt_settings, reserve)
+        if request.tool_choice.mode != "none":  # with "none" the tools stay out of the prompt: no calls to make
+            options = dataclasses.replace(options, tools=request.tools)
         messages = [dict(m) for m in request.messages]
         try:
             return prepare_prompt(self.prompts, messages, options, loader)
@@ -166,8 +201,9 @@ class LocalEngine(Engine):
                             prompt_tokens=sum(len(ids) for ids, _ in prompts))  # fmt: skip
         if request.output.max_tokens == 0 and request.echo:  # score the prompt only (lm-evaluation-harness)
             return result
+        grammar = self._compile(request.constraint, loader) if request.constraint is not None else None
         gens = [generation_request(ids, request.sampling, request.output, info, self.settings.generation,
-                                   self.manager.prompt_settings) for ids, _ in prompts]  # fmt: skip
+                                   self.manager.prompt_settings, constraint=grammar) for ids, _ in prompts]  # fmt: skip
         try:
             result.handles += [self.manager.scheduler.submit(g) for g in gens]
         except HearthError:  # e.g. the queue filled up or the model changed: the prompts already queued go too
@@ -201,6 +237,16 @@ class LocalEngine(Engine):
 def _preview(prepared: PreparedPrompt, loader: Loader) -> PromptPreview:
     return PromptPreview(prepared.text, len(prepared.ids), prepared.template, prepared.template_source,
                          prepared.stop, loader.info.context_length, prepared.dropped_messages)  # fmt: skip
+
+
+def _marker_ids(loader: Loader) -> dict[str, int]:
+    """Tool-call tags the tokenizer holds as one token (the call grammar accepts that token too)."""
+    found = {}
+    for marker in MARKERS:
+        ids = loader.encode(marker)
+        if len(ids) == 1:
+            found[marker] = ids[0]
+    return found
 
 
 def _check_ids(ids, vocab_size: int, param: str) -> None:

@@ -36,7 +36,8 @@ def sampling_params(values: SamplerValues, info: ModelInfo, defaults: Generation
 
 def generation_request(prompt_ids: list[int], values: SamplerValues, output: OutputOptions, info: ModelInfo,
                        defaults: GenerationSettings, entry: Mapping[str, Any] | None = None, *,
-                       extra_stop: tuple[str, ...] = (), trim_leading_space: bool = False) -> GenerationRequest:  # fmt: skip
+                       extra_stop: tuple[str, ...] = (), trim_leading_space: bool = False,
+                       constraint: object | None = None) -> GenerationRequest:  # fmt: skip
     """The scheduler request for one prompt; validated, so a bad value is InvalidParameter naming it."""
     max_tokens = output.max_tokens if output.max_tokens is not None else defaults.max_new_tokens
     if max_tokens < 1:
@@ -55,6 +56,7 @@ def generation_request(prompt_ids: list[int], values: SamplerValues, output: Out
         model_id=info.name,
         skip_special_tokens=output.skip_special_tokens,
         trim_leading_space=trim_leading_space,
+        constraint=constraint,
     )
     gen.validate(info.vocab_size)
     return gen

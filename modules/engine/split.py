@@ -51,7 +51,8 @@ class SplitEngine(Engine):
         """What every arm can do (a request must work whichever arm it gets)."""
         caps = [self._resolve(arm).capabilities for arm, _ in self.spec.arms]
         return Capabilities(**{f: all(getattr(c, f) for c in caps) for f in ("templates", "token_ids", "logprobs",
-                                                                             "prompt_logprobs", "logits")},
+                                                                             "prompt_logprobs", "logits",
+                                                                             "constraints")},
                             max_batch=min(c.max_batch for c in caps))  # fmt: skip
 
     def pick(self, user: str | None) -> str:

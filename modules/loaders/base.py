@@ -15,6 +15,7 @@ class Capabilities:
     max_batch: int = 1  # sequences that may be active at once
     logits: bool = False  # supports next_token_probs()
     prefix_cache: bool = False
+    constraints: bool = False  # compile_grammar() and SequenceSpec.matcher (grammar-constrained decoding)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class SequenceSpec:
     suppress_until: int = 0  # number of generated tokens before which `suppress_ids` are banned
     banned_ids: tuple[int, ...] = ()  # never sampled (e.g. EOS with ban_eos)
     logprobs: int | None = None
+    matcher: Any = None  # a grammar matcher (modules.constraints.compiler.SequenceMatcher) of this sequence alone
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class TokenEvent:
     token_id: int
     logprob: TokenLogprob | None = None
     error: str | None = None  # set (with token_id -1) when this sequence failed and was dropped
+    complete: bool = False  # the sequence's grammar is complete: it ends here (finish "stop")
 
 
 @dataclass(frozen=True)
@@ -107,4 +110,7 @@ class Loader(Protocol):
 
     def unload(self) -> None:
         """Free the weights."""
+
+    # Loaders with Capabilities.constraints also have (request threads):
+    #     def compile_grammar(self, grammar: Grammar) -> CompiledGrammar
 

@@ -5,6 +5,7 @@ import torch
 
 from modules.generation import TokenLogprob
 from modules.loaders.base import TokenEvent
+from modules.loaders.grammar_mask import advance, apply_masks, constrained_rows
 from modules.loaders.kv_batch import Row
 from modules.loaders.sampling import NEG_INF, apply_penalties, sample, top_logprobs
 
@@ -18,6 +19,9 @@ def choose_tokens(rows: list[Row], logits: torch.Tensor) -> list[TokenEvent]:
                 or params.no_repeat_ngram_size):  # fmt: skip
             context = torch.tensor(row.tokens, device=logits.device)
             processed[i] = apply_penalties(processed[i], params, context, context[len(row.spec.prompt_ids) :])
+    constrained = constrained_rows(rows)
+    if constrained:  # after penalties and logit_bias, before temperature/top-k/top-p (in sample())
+        processed = apply_masks(processed if processed is not logits else logits.clone(), rows, constrained)
     tokens = [0] * len(rows)
     greedy = [i for i, row in enumerate(rows) if row.spec.sampling.greedy]
     if greedy:
@@ -32,7 +36,8 @@ def choose_tokens(rows: list[Row], logits: torch.Tensor) -> list[TokenEvent]:
     for i, (row, token) in enumerate(zip(rows, tokens)):
         row.tokens.append(token)
         row.generated.append(token)
-        events.append(TokenEvent(row.seq_id, token, _logprob(row, logits[i], token)))
+        complete, error = advance(row, token) if row.spec.matcher is not None else (False, None)
+        events.append(TokenEvent(row.seq_id, token, _logprob(row, logits[i], token), error=error, complete=complete))
     return events
 
 

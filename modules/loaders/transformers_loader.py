@@ -28,8 +28,9 @@ class TransformersLoader:
         self.tokenizer = tokenizer
         self.info = info
         max_batch = int(options.get("max_batch_size") or 1)
-        self.capabilities = Capabilities(max_batch=max_batch, logits=True, prefix_cache=True)
+        self.capabilities = Capabilities(max_batch=max_batch, logits=True, prefix_cache=True, constraints=True)
         self.engine = HFEngine(model, info, options)
+        self._grammars = None  # a GrammarCompiler, made on the first constrained request
 
     @classmethod
     def load(cls, path: Path, name: str, options: Mapping[str, Any]) -> "TransformersLoader":
@@ -59,6 +60,14 @@ class TransformersLoader:
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for."""
         return self.tokenizer.token_bytes(token_id)
+
+    def compile_grammar(self, grammar):
+        """A Grammar compiled for this model's tokenizer (cached); InvalidParameter if it cannot be enforced."""
+        if self._grammars is None:
+            from modules.constraints.compiler import GrammarCompiler
+
+            self._grammars = GrammarCompiler(self.tokenizer.hf, self.info.vocab_size, self.info.eos_token_ids)
+        return self._grammars.compile(grammar)
 
     # Model side: scheduler worker only.
     def start(self, spec: SequenceSpec) -> None:

@@ -10,6 +10,7 @@ import jinja2
 from modules.errors import InvalidParameter, TemplateError
 from modules.prompts.conversation import Message, fit_to_context, fold_system, tools_as_user_text
 from modules.prompts.sandbox import TemplateRaised, render_template
+from modules.prompts.tools import ToolSupport, with_tools
 from modules.prompts.types import ModelPromptInfo, PromptOptions, RenderedPrompt
 
 # The chat layout text-generation-webui users know: context, then "Name: message" lines, then "Bot:".
@@ -47,6 +48,7 @@ class Template:
     compiled: jinja2.Template
     param: str | None  # the request field to blame when it fails
     accepts_tool: bool  # renders "tool" messages itself
+    tools: ToolSupport = ToolSupport()  # renders the tools offered and assistant calls, in which format
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ def render_prompt(
 ) -> RenderedPrompt:
     """Build the prompt for `options.mode` from normalized messages and the chosen template(s)."""
     base = {"bos_token": model.bos_token, "eos_token": model.eos_token, "tools": None, "documents": None}
+    call_format = None
+    if options.tools or any(m.get("tool_calls") for m in messages):
+        support = instruct.tools if options.mode == "instruct" and instruct else None
+        messages, base["tools"], call_format = with_tools(messages, options.tools, support)
     instruct_fn = _renderer(instruct, base) if instruct else None
     chat_fn = _renderer(chat, {**base, **_persona_vars(persona)}) if chat and persona else None
     if options.mode == "instruct":
@@ -101,7 +107,8 @@ def render_prompt(
         head, body, compose, model.count_tokens, model.context_length, max(0, options.reserve_tokens)
     )
     trim = options.mode != "instruct" and not options.continue_
-    return RenderedPrompt(text, shown.name, shown.source_kind, _dedupe(stops), dropped, tokens, trim)
+    return RenderedPrompt(text, shown.name, shown.source_kind, _dedupe(stops), dropped, tokens, trim,
+                          call_format.name if call_format else None)  # fmt: skip
 
 
 def _renderer(template: Template, variables: dict[str, Any]) -> RenderFn:

@@ -27,6 +27,7 @@ from modules.prompts.files import lookup
 from modules.prompts.guess import GuessRule, guess, load_rules
 from modules.prompts.sandbox import compile_template, make_environment
 from modules.prompts.templates import load_templates
+from modules.prompts.tools import ToolSupport, probe_tool_support
 from modules.prompts.types import (
     DEFAULT_CHARACTER,
     DEFAULT_CHAT_INSTRUCT_COMMAND,
@@ -81,6 +82,7 @@ class _Loaded:
 class _Compiled:
     compiled: jinja2.Template
     accepts_tool: bool
+    tools: ToolSupport
 
 
 @dataclass
@@ -204,9 +206,9 @@ class PromptStore:
         entry = self._cache.get(source)
         if entry is None:
             compiled = compile_template(self._env, source, param=param)
-            entry = _Compiled(compiled, modes.accepts_tool_role(compiled))
+            entry = _Compiled(compiled, modes.accepts_tool_role(compiled), probe_tool_support(compiled, source))
             self._cache.put(source, entry)
-        return modes.Template(name, kind, entry.compiled, param, entry.accepts_tool)
+        return modes.Template(name, kind, entry.compiled, param, entry.accepts_tool, entry.tools)
 
     # ----- characters
 

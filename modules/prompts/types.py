@@ -65,6 +65,7 @@ class PromptOptions:
     continue_: bool = False  # extend the last assistant message instead of starting a new turn
     add_generation_prompt: bool = True
     reserve_tokens: int = 0  # room kept free for the reply when truncating
+    tools: tuple = ()  # modules.tools.spec.Tool offered to the model (see modules/prompts/tools.py)
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,4 @@ class RenderedPrompt:
     prompt_tokens: int  # count_tokens(text)
     # Chat modes cue the reply with "Bot:", so models start it with a space, which text-generation-webui drops.
     trim_reply_start: bool = False
+    tool_format: str | None = None  # the call format the prompt asks for (modules.tools.formats), with tools

@@ -1,4 +1,5 @@
-"""The Parameters tab: sampler sliders, presets from presets/*.yaml, max new tokens, seed and stop strings."""
+"""The Parameters tab: sampler sliders, presets from presets/*.yaml, max new tokens, seed, stop strings and a
+JSON schema or grammar that replies must follow."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from modules.chat import ReplyParams
+from modules.constraints.grammar import Grammar
 from modules.errors import HearthError
 from modules.samplers import BY_NAME
 from modules.presets import SAMPLER_KEYS, load_preset, parse_stop_strings, preset_names, sampling_params, save_preset
@@ -23,6 +25,7 @@ class ParamsTab:
     seed: gr.Number
     stop: gr.Textbox
     ban_eos: gr.Checkbox
+    grammar: gr.Textbox
     save_name: gr.Textbox
     save: gr.Button
     status: gr.Markdown
@@ -30,7 +33,7 @@ class ParamsTab:
     @property
     def inputs(self) -> set:
         """Every component a reply depends on (for set-style event inputs)."""
-        return {*self.sliders.values(), self.max_new_tokens, self.seed, self.stop, self.ban_eos}
+        return {*self.sliders.values(), self.max_new_tokens, self.seed, self.stop, self.ban_eos, self.grammar}
 
     def read(self, data: dict) -> ReplyParams:
         """ReplyParams from an event's input values; InvalidParameter naming a bad value."""
@@ -38,7 +41,9 @@ class ParamsTab:
         seed = data[self.seed]
         sampling = sampling_params(values, None if seed is None else int(seed))
         stop = parse_stop_strings(data[self.stop])
-        return ReplyParams(sampling, int(data[self.max_new_tokens]), stop, bool(data[self.ban_eos]))
+        text = (data[self.grammar] or "").strip()
+        grammar = Grammar.from_text(text, param="grammar") if text else None
+        return ReplyParams(sampling, int(data[self.max_new_tokens]), stop, bool(data[self.ban_eos]), grammar)
 
 
 def build(runtime) -> ParamsTab:
@@ -60,11 +65,15 @@ def build(runtime) -> ParamsTab:
             stop = gr.Textbox(label="Custom stop strings", elem_id="stop-strings", lines=2,
                               placeholder='"\\n", "###"   (quoted, comma-separated; or one per line)')  # fmt: skip
             ban_eos = gr.Checkbox(False, label="Ban the eos_token (write until max_new_tokens)", elem_id="ban-eos")
+    grammar = gr.Textbox(label="JSON schema or grammar", elem_id="grammar", lines=4,
+                         info="Replies must follow it: a JSON schema (an object), or a Lark or GBNF grammar "
+                              "(text-generation-webui's grammar files). Empty: free text.",
+                         placeholder='{"type": "object", "properties": {"answer": {"type": "string"}}}')  # fmt: skip
     with gr.Row():
         save_name = gr.Textbox(label="Save these values as a preset", placeholder="name", scale=4)
         save = gr.Button("Save preset", scale=0, min_width=120)
     status = gr.Markdown(elem_id="params-status")
-    return ParamsTab(preset, refresh, sliders, max_new_tokens, seed, stop, ban_eos, save_name, save, status)
+    return ParamsTab(preset, refresh, sliders, max_new_tokens, seed, stop, ban_eos, grammar, save_name, save, status)
 
 
 def wire(runtime, tab: ParamsTab) -> None:
