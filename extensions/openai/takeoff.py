@@ -25,6 +25,7 @@ from extensions.openai.params import check_unknown
 from extensions.openai.responses import finish_name
 from extensions.openai.sse import KEEPALIVE, guarded, text_event
 from extensions.openai.state import ApiState, announced, parse, serving_engine, state
+from modules.constraints.grammar import Grammar
 from modules.engine.base import (
     ChatRequest, CompletionRequest, Engine, Generation, OutputOptions, PromptChoices, SamplerValues, Stream,
 )
@@ -178,7 +179,7 @@ def start_generation(st: ApiState, req: GenerateRequest) -> TakeoffRun:
     with takeoff_params():
         if req.lora_id is not None:
             raise InvalidParameter("LoRA adapters (lora_id) are not supported", param="lora_id")
-        _constraint(req)
+        constraint = _constraint(req)
         values = checked_values(req)
         texts = [req.text] if isinstance(req.text, str) else list(req.text)
         if not texts:
@@ -186,7 +187,7 @@ def start_generation(st: ApiState, req: GenerateRequest) -> TakeoffRun:
         sampling = SamplerValues(**{SAMPLERS[name]: values[name] for name in SAMPLERS})
         output = OutputOptions(max_tokens=values["max_new_tokens"], min_tokens=values["min_new_tokens"])
         engine = group_engine(req.consumer_group)
-        gens = _submit(engine, texts, req, sampling, output)
+        gens = _submit(engine, texts, req, sampling, output, constraint)
     handles = [handle for gen in gens for handle in gen.handles]
     return TakeoffRun(gens[0].model, handles, isinstance(req.text, str), bool(req.return_metadata))
 
@@ -236,28 +237,30 @@ def _renamed(error: APIError) -> APIError:
     return error
 
 
-def _constraint(req: GenerateRequest) -> None:
-    """The decoding constraint asked for (regex_string, else json_schema); constrained decoding is not there yet."""
-    if req.regex_string is None and req.json_schema is None:
-        return None
-    param = "regex_string" if req.regex_string is not None else "json_schema"
-    raise InvalidParameter("constrained decoding (regex_string, json_schema) is not available yet", param=param)
+def _constraint(req: GenerateRequest) -> Grammar | None:
+    """The decoding constraint asked for: regex_string, else json_schema (Takeoff ignores json_schema then)."""
+    if req.regex_string is not None:
+        return Grammar.regex(req.regex_string, param="regex_string")
+    if req.json_schema is not None:
+        return Grammar.json_schema(req.json_schema, param="json_schema")
+    return None
 
 
 def _submit(engine: Engine, texts: list[str], req: GenerateRequest, sampling: SamplerValues,
-            output: OutputOptions) -> list[Generation]:  # fmt: skip
+            output: OutputOptions, constraint: Grammar | None) -> list[Generation]:  # fmt: skip
     """One completion request for every text, or with use_chat_template one chat request per text."""
     limit = req.prompt_max_tokens
     if limit is not None:
         engine.capabilities.require("token_ids", "prompt_max_tokens", "truncating prompts to a number of tokens")
     if not req.use_chat_template:
         prompts = tuple(_truncated(engine, text, limit, as_ids=True) for text in texts)
-        return [engine.complete(CompletionRequest(prompts, sampling=sampling, output=output))]
+        return [engine.complete(CompletionRequest(prompts, sampling=sampling, output=output, constraint=constraint))]
     gens: list[Generation] = []
     try:
         for text in texts:
             message = {"role": "user", "content": _truncated(engine, text, limit, as_ids=False)}
-            gens.append(engine.chat(ChatRequest((message,), PromptChoices(mode="instruct"), sampling, output)))
+            gens.append(engine.chat(ChatRequest((message,), PromptChoices(mode="instruct"), sampling, output,
+                                                constraint=constraint)))  # fmt: skip
     except BaseException:
         for gen in gens:
             gen.cancel()
