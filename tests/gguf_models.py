@@ -7,6 +7,7 @@ way HF does only after it), the tokenizer and chat template as metadata. Used by
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # gguf.LlamaFileType values
@@ -24,21 +25,32 @@ LAYER_TENSORS = {  # HF name inside model.layers.N -> GGUF name inside blk.N
 }
 
 
-def convert_llama(hf_dir: Path, out: Path, dtype: str = "f16", name: str = "tiny-llama", split_tensors: int = 0) -> Path:
+@dataclass
+class Vocab:
+    """A byte-level BPE vocabulary as GGUF stores it (tokens in their byte-level form, "a b" merges)."""
+
+    tokens: list[str]
+    types: list[int]  # gguf.TokenType values
+    merges: list[str]
+    special: dict[str, int] = field(default_factory=dict)  # bos_token, eos_token, unk_token, pad_token -> id
+    chat_template: str | None = None
+    add_bos: bool = False  # as the HF tokenizers here: BOS comes from the chat template, not the tokenizer
+
+
+def convert_llama(hf_dir: Path, out: Path, dtype: str = "f16", name: str = "tiny-llama", *, split_tensors: int = 0,
+                  vocab: Vocab | None = None) -> Path:  # fmt: skip
     """Write `out` (a .gguf file) from the Llama folder `hf_dir`; dtype is f32, f16 or q8_0.
 
     split_tensors > 0: a split model of that many tensors per file, named as llama.cpp's gguf-split names them
-    (OUT-00001-of-0000N.gguf)."""
+    (OUT-00001-of-0000N.gguf). vocab: instead of the folder's own tokenizer (which must then be a byte-level BPE)."""
     import gguf
     from safetensors.numpy import load_file
 
     config = json.loads((hf_dir / "config.json").read_text())
-    tokenizer = json.loads((hf_dir / "tokenizer.json").read_text())
-    tok_config = json.loads((hf_dir / "tokenizer_config.json").read_text())
     weights = load_file(str(hf_dir / "model.safetensors"))
     writer = gguf.GGUFWriter(str(out), "llama", split_max_tensors=split_tensors)
     _write_hparams(writer, config, name, FILE_TYPES[dtype])
-    _write_tokenizer(writer, tokenizer, tok_config, config, hf_dir)
+    _write_vocab(writer, vocab or hf_vocab(hf_dir, config["vocab_size"]))
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     for key, data in _gguf_tensors(weights, config, heads, kv_heads):
         _add_tensor(writer, key, data, dtype)
@@ -47,6 +59,32 @@ def convert_llama(hf_dir: Path, out: Path, dtype: str = "f16", name: str = "tiny
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+def hf_vocab(hf_dir: Path, size: int) -> Vocab:
+    """The byte-level BPE tokenizer of a saved HF folder, padded to the model's `size` with unused tokens."""
+    import gguf
+
+    tokenizer = json.loads((hf_dir / "tokenizer.json").read_text())
+    tok_config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    ids = dict(tokenizer["model"]["vocab"])
+    special = {t["content"] for t in tokenizer.get("added_tokens", []) if t.get("special")}
+    ids.update({t["content"]: t["id"] for t in tokenizer.get("added_tokens", [])})
+    by_id = {i: t for t, i in ids.items()}
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]  # a model may pad its vocabulary beyond the tokenizer's
+    types = [gguf.TokenType.UNUSED if i not in by_id else gguf.TokenType.CONTROL if by_id[i] in special
+             else gguf.TokenType.NORMAL for i in range(size)]  # fmt: skip
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges", [])]
+    named = {}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        text = tok_config.get(key)
+        text = text.get("content") if isinstance(text, dict) else text
+        if text in ids:
+            named[key] = ids[text]
+    template = tok_config.get("chat_template")
+    if not template and (hf_dir / "chat_template.jinja").is_file():
+        template = (hf_dir / "chat_template.jinja").read_text()
+    return Vocab(tokens, types, merges, named, template, bool(tok_config.get("add_bos_token", False)))
 
 
 def _write_hparams(writer, config: dict, name: str, file_type: int) -> None:
@@ -66,39 +104,20 @@ def _write_hparams(writer, config: dict, name: str, file_type: int) -> None:
     writer.add_file_type(file_type)
 
 
-def _write_tokenizer(writer, tokenizer: dict, tok_config: dict, config: dict, hf_dir: Path) -> None:
-    import gguf
-
-    vocab = dict(tokenizer["model"]["vocab"])
-    special = {t["content"]: t["id"] for t in tokenizer.get("added_tokens", []) if t.get("special")}
-    vocab.update({t["content"]: t["id"] for t in tokenizer.get("added_tokens", [])})
-    by_id = {i: t for t, i in vocab.items()}
-    tokens, types = [], []
-    for i in range(config["vocab_size"]):  # a model may pad its vocabulary beyond the tokenizer's
-        text = by_id.get(i, f"[PAD{i}]")
-        tokens.append(text)
-        kind = gguf.TokenType.CONTROL if text in special else gguf.TokenType.NORMAL
-        types.append(kind if i in by_id else gguf.TokenType.UNUSED)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges", [])]
+def _write_vocab(writer, vocab: Vocab) -> None:
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")  # the GPT-2 split regex: what tokenizers' ByteLevel pre-tokenizer uses
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for key, add in (("bos_token", writer.add_bos_token_id), ("eos_token", writer.add_eos_token_id),
-                     ("unk_token", writer.add_unk_token_id), ("pad_token", writer.add_pad_token_id)):  # fmt: skip
-        text = tok_config.get(key)
-        if isinstance(text, dict):
-            text = text.get("content")
-        if text in vocab:
-            add(vocab[text])
-    writer.add_add_bos_token(bool(tok_config.get("add_bos_token", False)))  # as the HF tokenizer: none by itself
-    writer.add_add_eos_token(bool(tok_config.get("add_eos_token", False)))
-    template = tok_config.get("chat_template")
-    if not template and (hf_dir / "chat_template.jinja").is_file():
-        template = (hf_dir / "chat_template.jinja").read_text()
-    if template:
-        writer.add_chat_template(template)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    writer.add_token_merges(vocab.merges)
+    adders = {"bos_token": writer.add_bos_token_id, "eos_token": writer.add_eos_token_id,
+              "unk_token": writer.add_unk_token_id, "pad_token": writer.add_pad_token_id}  # fmt: skip
+    for key, token_id in vocab.special.items():
+        adders[key](token_id)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(False)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)
 
 
 def _gguf_tensors(weights: dict, config: dict, heads: int, kv_heads: int):

@@ -244,7 +244,8 @@ def test_bad_files_are_one_line_load_errors(gguf_root, tmp_path):
     for name in ("a.gguf", "b.gguf"):
         shutil.copy(gguf_root / "tiny-f16.gguf", tmp_path / "two" / name)
     cases = [(gguf_root / "not-gguf.gguf", "not a GGUF file"), (gguf_root / "truncated.gguf", "could not load"),
-             (tmp_path / "incomplete", "missing tiny-00002-of-00003.gguf"), (tmp_path / "two", "several GGUF")]
+             (tmp_path / "incomplete", "missing tiny-00002-of-00003.gguf"),
+             (tmp_path / "two", "several GGUF")]  # fmt: skip
     for path, message in cases:
         with pytest.raises(ModelLoadError, match=message) as exc:
             LlamaCppLoader.load(path, path.name, OPTIONS)
