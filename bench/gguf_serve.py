@@ -6,8 +6,7 @@
     python bench/gguf_serve.py --quant q8_0 --concurrency 1,2,4,8,16
 
 The random model of bench_model.py (its shape, its seed) is written as GGUF with a byte-level BPE vocabulary in
-which each prompt word (" w123") is one token, so llama.cpp tokenizes the bench's prompts as Hearth's other benchmarks
-do. Both servers use --threads CPU threads and stream 64 tokens per request (Hearth: ignore_eos; llama_cpp.server:
+which each prompt word (" wabc") is one token, so a 32-word prompt is about 32 tokens, as in bench/serve.py. Both servers use --threads CPU threads and stream 64 tokens per request (Hearth: ignore_eos; llama_cpp.server:
 EOS banned by logit_bias). Levels take turns between the servers (--repeats times); the median run of each is
 reported. Writes bench/results/gguf-latest.{md,json} and a timestamped copy of the Markdown.
 """
@@ -16,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import string
 import sys
 import time
 from pathlib import Path
@@ -26,7 +26,7 @@ sys.path.insert(1, str(HERE.parent / "tests"))  # gguf_models: the HF -> GGUF wr
 
 from bench_model import SHAPES, build  # noqa: E402
 from load import run_level  # noqa: E402
-from serve import HEARTH_EXTRA, chat_body, warm_up  # noqa: E402
+from serve import HEARTH_EXTRA, warm_up  # noqa: E402
 from servers import start_hearth, start_llama_cpp_server  # noqa: E402
 
 LABELS = {"hearth": "Hearth, llama.cpp loader (continuous batching)",
@@ -51,28 +51,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def suffixes(count: int) -> list[str]:
+    """The first `count` letter strings in breadth-first order (a ... z, aa ... zz, aaa ...): each one's prefix
+    comes before it."""
+    out, level = [], [""]
+    while len(out) < count:
+        level = [w + c for w in level for c in string.ascii_lowercase]
+        out += level
+    return out[:count]
+
+
 def bench_vocab(size: int):
-    """A byte-level BPE vocabulary of exactly `size` tokens: the specials, the 256 byte symbols, then " w0", " w1",
-    ... each reachable by merging its prefix with one more digit, so every prompt word is one token."""
+    """A byte-level BPE vocabulary of exactly `size` tokens: the specials, the 256 byte symbols, " w", then " wa",
+    " wb", ... " waa", ..., each reached by merging its prefix with one more letter. GPT-2's pre-tokenizer keeps a
+    space and letters together, so each word of prompt_words() is one token."""
     import gguf
     from gguf_models import Vocab
     from tokenizers import pre_tokenizers
 
     from bench_model import CHAT_TEMPLATE
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     space = "\u0120"  # the byte-level symbol of " "
-    tokens = SPECIALS + alphabet + [space + "w"]
-    merges = [f"{space} w"]
-    n = 0
-    while len(tokens) < size:
-        word = f"{space}w{n}"
-        merges.append(f"{word[:-1]} {word[-1]}")  # " w12" = " w1" + "2"; " w1" = " w" + "1"
-        tokens.append(word)
-        n += 1
+    words = [space + "w" + s for s in suffixes(size - len(SPECIALS) - 257)]
+    tokens = SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet()) + [space + "w"] + words
+    merges = [f"{space} w"] + [f"{w[:-1]} {w[-1]}" for w in words]  # " wab" = " wa" + "b"
     types = [gguf.TokenType.CONTROL] * len(SPECIALS) + [gguf.TokenType.NORMAL] * (size - len(SPECIALS))
     special = {"unk_token": 0, "bos_token": 1, "eos_token": EOS}
     return Vocab(tokens, types, merges, special, CHAT_TEMPLATE)
+
+
+def prompt_words(n: int, offset: int = 0) -> str:
+    """A prompt of `n` words of the bench vocabulary (one token each after the first), as bench_model.prompt_text."""
+    words = suffixes(30_000 + 10)
+    return " ".join("w" + words[10 + (offset + i) % 30_000] for i in range(n))
+
+
+def gguf_body(args, extra: dict, model: str):
+    """A body factory: request i gets a distinct prompt of --prompt-tokens words."""
+
+    def make(i: int) -> dict:
+        messages = [{"role": "user", "content": prompt_words(args.prompt_tokens, offset=i * 97)}]
+        return {"model": model, "messages": messages, "max_tokens": args.max_new_tokens, "temperature": 0,
+                "stream": True, **extra}  # fmt: skip
+
+    return make
 
 
 def build_gguf(shape: str, quant: str) -> Path:
@@ -92,10 +114,10 @@ def start(model: Path, args, processes: list) -> dict:
     """Both servers up at once; {name: (base URL, body factory)}."""
     hearth, url = start_hearth(model.parent, model.name, max_batch=args.max_batch, threads=args.threads)
     processes.append(hearth)
-    servers = {"hearth": (url, chat_body(args, HEARTH_EXTRA, model.name))}
+    servers = {"hearth": (url, gguf_body(args, HEARTH_EXTRA, model.name))}
     peer, peer_url = start_llama_cpp_server(model, args.threads)
     processes.append(peer)
-    servers["llama-cpp-server"] = (peer_url, chat_body(args, {"logit_bias": {str(EOS): -100.0}}, model.name))
+    servers["llama-cpp-server"] = (peer_url, gguf_body(args, {"logit_bias": {str(EOS): -100.0}}, model.name))
     return servers
 
 
@@ -111,8 +133,8 @@ def check_pinned(url: str, make_body, tokens: int) -> None:
 
 
 def run_turns(servers: dict, args, levels: list[int]) -> tuple[dict, dict]:
-    """Each level --repeats times per server, servers taking turns (rotating order). The peer's requests are counted
-    as --max-new-tokens each (see check_pinned). Returns ({server: {clients: median run}}, {server: {clients: [tok/s]}})."""
+    """Each level --repeats times per server, servers taking turns (rotating order); the peer's requests count as
+    --max-new-tokens each (see check_pinned). ({server: {clients: median run}}, {server: {clients: [tok/s]}})."""
     medians: dict = {name: {} for name in servers}
     repeats: dict = {name: {} for name in servers}
     names = list(servers)
@@ -154,18 +176,22 @@ def report(results: dict, out: Path) -> str:
                          f"{lv.ttft(0.5):.3f} | {lv.ttft(0.95):.3f} | {runs} |")  # fmt: skip
     ratios = {c: results["hearth"][c].aggregate / results["llama-cpp-server"][c].aggregate for c in levels}
     lines += ["", "| Hearth / llama_cpp.server, aggregate | " + " | ".join(f"{c} clients" for c in levels) + " |",
-              "|---|" + "---:|" * len(levels), "| median runs | " + " | ".join(f"{ratios[c]:.2f}" for c in levels) + " |"]
+              "|---|" + "---:|" * len(levels),
+              "| median runs | " + " | ".join(f"{ratios[c]:.2f}" for c in levels) + " |"]  # fmt: skip
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "gguf-latest.md").write_text(text)
     (out / f"gguf-{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(text)
     data = {k: v for k, v in results.items() if k not in ("hearth", "llama-cpp-server")}
-    data["levels"] = {name: {c: {"aggregate": lv.aggregate, "tokens": lv.tokens, "wall": lv.wall,
-                                 "ttft_p50": lv.ttft(0.5), "ttft_p95": lv.ttft(0.95)}
-                             for c, lv in results[name].items()} for name in ("hearth", "llama-cpp-server")}  # fmt: skip
+    data["levels"] = {name: {c: _level_json(lv) for c, lv in results[name].items()} for name in LABELS}
     data["ratio"] = ratios
     (out / "gguf-latest.json").write_text(json.dumps(data, indent=2, default=str))
     return text
+
+
+def _level_json(level) -> dict:
+    return {"aggregate": level.aggregate, "tokens": level.tokens, "wall": level.wall, "ttft_p50": level.ttft(0.5),
+            "ttft_p95": level.ttft(0.95)}  # fmt: skip
 
 
 def main(argv=None) -> int:

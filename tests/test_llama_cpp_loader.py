@@ -119,8 +119,11 @@ def test_info_tokens_and_template_match_the_transformers_loader(gguf_f16, llama)
     assert info.chat_template == hf.chat_template and info.vocab_size == hf.vocab_size
 
 
-@pytest.mark.parametrize("text", ["The quick brown fox", "café naïve 東京 🙂 “quotes”", "<s><|user|>\nhi<|end|>\n",
-                                  "  two  spaces\n\ttab", "def main():\n    print(\"hello world\")"])  # fmt: skip
+TEXTS = ["The quick brown fox", "café naïve 東京 🙂 “quotes”", "<s><|user|>\nhi<|end|>\n", "  two  spaces\n\ttab",
+         "def main():\n    print(\"hello world\")"]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", TEXTS)
 def test_tokenizer_matches_transformers(gguf_f16, llama, text):
     for special in (False, True):
         ids = gguf_f16.encode(text, add_special_tokens=special)
@@ -358,3 +361,25 @@ def test_a_corrupt_file_is_refused_while_the_model_keeps_serving(gguf_api, name,
     assert failed.status_code == 400 and message in failed.json()["error"]["message"]
     assert "\n" not in failed.json()["error"]["message"] and runtime.models.info.name == before
     assert post(server, "/v1/completions", {"prompt": "Hello", "max_tokens": 3})["choices"][0]["text"] is not None
+
+
+def test_the_gguf_benchmark_vocabulary_makes_each_prompt_word_one_token(llama_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from modules.loaders.llama_cpp_loader import LlamaCppLoader
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gguf_serve import bench_vocab, prompt_words
+
+    path = convert_llama(llama_dir, tmp_path / "bench.gguf", "f16", vocab=bench_vocab(669))  # the tiny model's size
+    loader = LlamaCppLoader.load(path, "bench", OPTIONS)
+    try:
+        words = " " + prompt_words(32, offset=97)
+        assert len(loader.encode(words)) == 32 and loader.decode(loader.encode(words)) == words
+    finally:
+        loader.unload()
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gguf_serve.py"), "--help"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout  # fmt: skip
+    assert "llama_cpp.server" in out and "--quant" in out
