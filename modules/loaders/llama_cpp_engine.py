@@ -79,6 +79,8 @@ class LlamaCppEngine:
         self.waiting: deque[int] = deque()  # seq_ids still prefilling, oldest first
         self.prefixes: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # slot -> its tokens; least recent first
         self.failed: list[TokenEvent] = []  # sequences refused at start(), reported by the next step()
+        self.held_back = False  # a newcomer found no room: no prefill is tried until some cells are freed
+        self.closed = False
         self.reused_tokens = 0  # prompt tokens served from kept prefixes (for stats and tests)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
         # numpy views of the batch's arrays [n_batch], so a prompt chunk is written in a few slice assignments
@@ -150,19 +152,24 @@ class LlamaCppEngine:
         if seq_id in self.waiting:
             self.waiting.remove(seq_id)
         self._retire(slot, tuple(row.tokens[: row.cached]))
+        self.held_back = False  # its cells are free, or kept as a prefix that can be evicted for a waiting prompt
 
     def reset(self) -> None:
         """Drop every sequence and kept prefix (after an error that left the batch in an unknown state)."""
+        if self.closed:
+            return  # the context is gone (a scheduler shutting down may reset a loader it no longer serves)
         self.lib.llama_memory_clear(self.memory, True)
         self.rows.clear()
         self.slot_of.clear()
         self.waiting.clear()
         self.prefixes.clear()
         self.failed = []
+        self.held_back = False
         self.free = list(range(self.scratch))
 
     def close(self) -> None:
         """Forget all state (the loader frees the context itself)."""
+        self.closed = True
         self.rows.clear()
         self.prefixes.clear()
         self.waiting.clear()
@@ -203,6 +210,8 @@ class LlamaCppEngine:
     def _plan(self) -> list[Feed]:
         """Decoding rows first (one token each), then waiting prompts' chunks while the batch has room."""
         feeds = [Feed(row, self.slot_of[sid], row.cached, 1, True) for sid, row in self.rows.items() if row.generated]
+        if self.held_back and feeds:
+            return feeds  # trying again would fail (and log) until a sequence frees its cells
         budget = min(self.chunk, self.n_batch - len(feeds))
         for sid in self.waiting:
             row = self.rows[sid]
@@ -226,6 +235,7 @@ class LlamaCppEngine:
                 continue  # kept prefixes go first, least recently used first
             if len(feeds) > 1 and not feeds[-1].row.generated:
                 feeds = feeds[:-1]  # a newcomer's chunk waits until running sequences free their cells
+                self.held_back = True
                 continue
             victim = max(feeds, key=lambda f: f.start + f.count)  # alone, or the longest: it cannot go on
             feeds.remove(victim)
@@ -326,6 +336,7 @@ class LlamaCppEngine:
         self._clear(self.slot_of.pop(seq_id))
 
     def _clear(self, slot: int) -> None:
+        self.held_back = False  # cells were freed: waiting prompts may fit now
         self.lib.llama_memory_seq_rm(self.memory, slot, -1, -1)
         self.prefixes.pop(slot, None)
         self.free.append(slot)

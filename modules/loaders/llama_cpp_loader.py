@@ -149,7 +149,7 @@ class LlamaCppLoader:
         if not ctx:
             lib.llama_model_free(model)
             raise ModelLoadError(f"{file.name}: llama.cpp could not create a context of {n_ctx} tokens (out of "
-                                 "memory? try a smaller ctx_size or cache_type q8_0)")  # fmt: skip
+                                 "memory? try a smaller ctx_size; a quantized cache_type needs flash_attn)")  # fmt: skip
         info = _model_info(lib, model, tokenizer, name, path, lib.llama_n_ctx(ctx), options)  # n_ctx rounded up
         log.info("Loaded %s (%s): %.1fM parameters, %s, context %d", name, file.name, info.parameters / 1e6,
                  info.dtype, info.context_length)  # fmt: skip
