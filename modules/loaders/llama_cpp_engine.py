@@ -95,13 +95,11 @@ class LlamaCppEngine:
         self.governor: ThreadGovernor | None = None
 
     def prepare(self) -> None:
-        """On the worker thread, once: torch samples single-threaded (a few rows of logits; its OpenMP pool would
-        spin beside llama.cpp's), and the thread governor names this thread so llama.cpp's OpenMP threads are
-        counted as ours, then sets llama.cpp's thread count from the cores other work leaves free."""
+        """On the worker thread, once: the thread governor names this thread so that llama.cpp's OpenMP threads
+        (started by it) count as ours, and sets llama.cpp's thread count from the cores other work leaves free."""
         if self._prepared:
             return
         self._prepared = True
-        torch.set_num_threads(1)
         if self._adapt and ThreadGovernor.for_this_machine(self._threads) is not None:
             self.governor = ThreadGovernor(self._threads, apply=self._set_threads)
             self.governor.start()
