@@ -8,6 +8,12 @@ if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 
+# llama-cpp-python (requirements-gguf.txt) has no Linux wheel on PyPI: pip builds it once (~5 minutes on 2 cores),
+# portable rather than tuned to this CPU (see requirements-gguf.txt); later installs take pip's cached wheel.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
+if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
+  echo "run_tests.sh: installing llama-cpp-python for GGUF models (a first build from source takes about 5 minutes)"
+fi
 "$PY" -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 
 install_target() {  # install_target DIR PACKAGE: a pip --target sandbox, made atomically

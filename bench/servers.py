@@ -94,3 +94,26 @@ def start_transformers_serve(model_path: Path, threads: int, device: str = "cpu"
     log = Path(process.log.name).read_text(errors="replace")[-3000:]
     process.stop()
     raise RuntimeError(f"transformers serve did not start; log:\n{log}")
+
+
+def start_llama_cpp_server(model_path: Path, threads: int, n_ctx: int = 4096) -> tuple[Process, str]:
+    """llama-cpp-python's own server (`python -m llama_cpp.server`) on a GGUF file; returns (process, base URL)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
+            "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            "--n_ctx", str(n_ctx), "--verbose", "False"]  # fmt: skip
+    process = Process(argv, threads=threads)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/v1/models", timeout=2).status_code == 200:
+                return process, url + "/v1"
+        except requests.RequestException:
+            pass
+        if process.proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    log = Path(process.log.name).read_text(errors="replace")[-3000:]
+    process.stop()
+    raise RuntimeError(f"llama_cpp.server did not start; log:\n{log}")

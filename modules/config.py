@@ -67,6 +67,12 @@ class ModelSettings:
     prefix_cache_mb: int = 1024  # keys/values of finished requests kept for the next chat turn; 0 disables
     cpu_prepack: bool = True  # on CPU: pack linear weights for oneDNN once (1.5-2x faster decoding)
     lean_decode: bool = True  # Llama-family decode steps skip transformers' per-call machinery (same logits)
+    ctx_size: int = 0  # llama.cpp: KV cache tokens shared by the running sequences; 0 -> the model's, at most 8192
+    gpu_layers: int = -1  # llama.cpp: layers offloaded to a GPU (-1 all; a CPU build offloads none)
+    flash_attn: str = "auto"  # llama.cpp: auto | on | off
+    cache_type: str = "f16"  # llama.cpp: K/V cache type (f16, bf16, f32, q8_0, q4_0)
+    no_mmap: bool = False  # llama.cpp: read the weights into memory instead of mapping the file
+    mlock: bool = False  # llama.cpp: lock the weights in RAM
     load_on_demand: bool = False
     serve: str = ""  # a serving file (YAML): several named models at once; see modules/serving.py
     max_loaded: int = 0  # models on-demand loading keeps loaded; 0 -> the serving file's count, else 1

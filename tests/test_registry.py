@@ -22,11 +22,12 @@ def test_planned_and_unknown_loaders_are_clear_load_errors():
     from modules.errors import ModelLoadError
     from modules.loaders.registry import get_loader_class
 
-    with pytest.raises(ModelLoadError, match="GGUF models need the llama.cpp loader"):
-        get_loader_class("llama.cpp")
-    with pytest.raises(ModelLoadError, match="available: transformers"):
+    with pytest.raises(ModelLoadError, match="EXL2 models need the ExLlamaV2 loader"):
+        get_loader_class("exllamav2")
+    with pytest.raises(ModelLoadError, match="available: llama.cpp, transformers"):
         get_loader_class("vllm")
     assert get_loader_class("transformers").name == "transformers"
+    assert get_loader_class("llama.cpp").name == "llama.cpp"  # importable without llama_cpp (imported at load)
 
 
 def test_cli_flags_come_from_the_option_definitions():

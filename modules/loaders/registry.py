@@ -44,7 +44,7 @@ LOAD_OPTIONS = (
     LoadOption("dtype", str, "weights dtype (auto: float32 on CPU, bf16/fp16 on GPU)", DTYPES),
     LoadOption("cpu", bool, "run on the CPU even if a GPU is present"),
     LoadOption("trust_remote_code", bool, "allow model folders to run their own code"),
-    LoadOption("threads", int, "torch CPU threads (0 = all cores)", minimum=0),
+    LoadOption("threads", int, "CPU threads: torch's, or llama.cpp's for GGUF (0 = all cores)", minimum=0),
     LoadOption("adapt_threads", bool, "on CPU: fewer threads while other work holds some cores", flag=False, ui=False),
     LoadOption("max_batch_size", int, "sequences decoded together (default 8)", minimum=1),
     LoadOption("prefill_chunk", int, "prompt tokens prefilled per step", minimum=1, flag=False, ui=False),
@@ -54,6 +54,14 @@ LOAD_OPTIONS = (
     LoadOption("lean_decode", bool, "Llama-family decode steps without transformers' per-call machinery",
                flag=False, ui=False),  # fmt: skip
     LoadOption("device_map", str, "accelerate's device_map on GPUs (default auto)", flag=False, ui=False),
+    LoadOption("ctx_size", int, "llama.cpp: KV cache tokens, shared by the sequences decoded together (0 = the "
+               "model's context, at most 8192)", minimum=0),  # fmt: skip
+    LoadOption("gpu_layers", int, "llama.cpp: layers offloaded to a GPU (-1 = all; needs a GPU build)", minimum=-1),
+    LoadOption("flash_attn", str, "llama.cpp: flash attention", ("auto", "on", "off")),
+    LoadOption("cache_type", str, "llama.cpp: K/V cache type (quantized V needs flash attention)",
+               ("f16", "bf16", "f32", "q8_0", "q4_0")),  # fmt: skip
+    LoadOption("no_mmap", bool, "llama.cpp: read the weights into memory instead of mapping the file"),
+    LoadOption("mlock", bool, "llama.cpp: lock the weights in RAM (never swapped out)"),
 )
 OPTIONS_BY_NAME = {o.name: o for o in LOAD_OPTIONS}
 
@@ -87,6 +95,12 @@ def _is_hf(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
+def _check_gguf(path: Path) -> None:
+    from modules.loaders.gguf_files import model_file
+
+    model_file(path)
+
+
 def _check_hf(path: Path) -> None:
     from modules.loaders.hf_files import check_model_folder
 
@@ -95,8 +109,8 @@ def _check_hf(path: Path) -> None:
 
 # In detection order: the first whose `detect` accepts a folder entry is its loader.
 LOADERS = (
-    LoaderSpec("llama.cpp", "", _is_gguf, frozenset(), "GGUF models need the llama.cpp loader, which this version "
-               "of Hearth does not include yet"),  # fmt: skip
+    LoaderSpec("llama.cpp", "modules.loaders.llama_cpp_loader:LlamaCppLoader", _is_gguf,
+               frozenset({"logits", "logprobs", "prompt_logprobs", "token_ids", "templates"}), check=_check_gguf),
     LoaderSpec("exllamav2", "", _is_exl2, frozenset(), "EXL2 models need the ExLlamaV2 loader, which this version "
                "of Hearth does not include yet"),  # fmt: skip
     LoaderSpec("transformers", "modules.loaders.transformers_loader:TransformersLoader", _is_hf,
