@@ -101,7 +101,8 @@ def start_llama_cpp_server(model_path: Path, threads: int, n_ctx: int = 4096) ->
     port = free_port()
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
             "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-            "--n_ctx", str(n_ctx), "--verbose", "False"]  # fmt: skip
+            "--n_ctx", str(n_ctx), "--verbose", "False",
+            "--interrupt_requests", "False"]  # fmt: skip  (by default a new request cuts the running stream short)
     process = Process(argv, threads=threads)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
