@@ -11,6 +11,7 @@ advancing the matchers) is timed inside the step.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -134,7 +135,9 @@ def main() -> None:
         "",
         f"`python bench/mask_cost.py --steps {args.steps}`: random 60M Llama (fp32, {args.threads} threads, CPU), "
         f"vocabulary {loader.info.vocab_size}, a JSON schema of 40 required strings (2-12 characters), sampled at "
-        f"temperature 1; medians of {args.steps} steps.",
+        f"temperature 1; medians of {args.steps} steps. Load average at the end: "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (the model's step times swing with other programs; the "
+        "mask's share is the figure to read).",
         "",
         "| batch | step, unconstrained ms | step, constrained ms | mask work ms (fill + apply + advance) | "
         "mask share of step | mask max ms |",
