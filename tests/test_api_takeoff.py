@@ -399,6 +399,9 @@ def test_takeoff_routes_serve_an_api_model(api, models_root):
         assert generate(front, {**chat, "consumer_group": "cloud"})["text"] == generate(api, chat)["text"]
         refused = post(front, "/generate", {**body, "consumer_group": "cloud", "prompt_max_tokens": 2})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt_max_tokens"
+        for field, value in (("regex_string", "[0-9]+"), ("json_schema", {"type": "object"})):  # never unconstrained
+            refused = post(front, "/generate", {**body, "consumer_group": "cloud", field: value})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == field
         unknown = post(front, "/generate", {**body, "consumer_group": "nope"})
         assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "consumer_group"
         embedded = post(front, "/embed", {"text": ["ab", "abcd"], "consumer_group": "embedder"}).json()["result"]

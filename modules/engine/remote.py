@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping
 
 from modules.engine.base import (
     Capabilities, ChatRequest, CompletionRequest, Engine, Generation, PromptPreview, SamplerValues, TokenProb,
+    require_constraints,
 )
 from modules.engine.upstream import END, Call, Failure, Members, broken, error_message, start_call
 from modules.errors import InvalidParameter, SettingsError, UpstreamFailed, UpstreamRejected
@@ -84,6 +85,7 @@ class RemoteEngine(Engine):
 
     def chat(self, request: ChatRequest) -> Generation:
         """Send the conversation upstream; returns once its first content has arrived (or raises)."""
+        require_constraints(self.capabilities, request)  # never answer unconstrained what must be constrained
         _check_prompt_choices(request)
         body = {"messages": [dict(m) for m in request.messages], **self._options(request.sampling, request.output)}
         stream = self._open("/chat/completions", body, request.output.n, chat=True)
@@ -91,6 +93,7 @@ class RemoteEngine(Engine):
 
     def complete(self, request: CompletionRequest) -> Generation:
         """Send every prompt upstream (one call each); returns once each has its first content."""
+        require_constraints(self.capabilities, request)
         if any(not isinstance(p, str) for p in request.prompts):
             self.capabilities.require("token_ids", "prompt", "a prompt of token ids")
         body = self._options(request.sampling, request.output)
